@@ -1,0 +1,192 @@
+"""`segvae` command line: train, export, predict, bench, report, run.
+
+Every subcommand is a thin parser over one function in its own module. A UserError prints
+one clear line and exits 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from harness.errors import UserError
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
+    return v
+
+
+def _csv(s: str) -> list[str]:
+    return [p for p in s.replace(" ", ",").split(",") if p]
+
+
+def _csv_ints(s: str) -> list[int]:
+    return [_positive_int(p) for p in _csv(s)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segvae", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one experiment (works under `accelerate launch`)")
+    t.add_argument("experiment")
+    t.add_argument("--data-root", help="dataset root (default: the embedded real sample)")
+    t.add_argument("--download", action="store_true", help="let torchvision download missing data (online only)")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=_positive_float)
+    t.add_argument("--image-size", type=_positive_int)
+    t.add_argument("--base-channels", type=_positive_int)
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    t.add_argument("--seed", type=int)
+    t.add_argument("--kl-weight", type=float)
+    t.add_argument("--max-train-samples", type=_positive_int)
+    t.add_argument("--num-workers", type=int)
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--out", help="run directory (default: runs/<experiment>)")
+    t.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                   help="also checkpoint every N optimizer steps (default: each epoch)")
+
+    e = sub.add_parser("export", help="export a trained run to ONNX and check parity")
+    e.add_argument("run_dir")
+    e.add_argument("--quantize", choices=["int8"])
+    e.add_argument("--calib-count", type=_positive_int, default=128)
+    e.add_argument("--data-root")
+    e.add_argument("--tolerance", type=_positive_float, default=1e-4)
+    e.add_argument("--out", help="output folder (default: RUN_DIR/onnx)")
+
+    pr = sub.add_parser("predict", help="masks and overlays with ONNX Runtime only")
+    pr.add_argument("--onnx", required=True)
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--out", default="predictions")
+    pr.add_argument("--threads", type=_positive_int)
+
+    b = sub.add_parser("bench", help="PyTorch vs ONNX Runtime: speed and accuracy")
+    b.add_argument("run_dirs", nargs="+")
+    b.add_argument("--data-root")
+    b.add_argument("--backends", type=_csv, help="comma list (default: all available)")
+    b.add_argument("--scenarios", type=_csv, help="single-stream,offline,server")
+    b.add_argument("--batch-sizes", type=_csv_ints)
+    b.add_argument("--threads", type=_positive_int)
+    b.add_argument("--min-queries", type=_positive_int)
+    b.add_argument("--min-duration", type=_positive_float, help="seconds per measurement")
+    b.add_argument("--server-rate", type=_positive_float, help="queries/s for the server scenario")
+    b.add_argument("--latency-bound-ms", type=_positive_float)
+    b.add_argument("--accuracy-samples", type=_positive_int)
+    b.add_argument("--out", default="bench.json")
+
+    r = sub.add_parser("report", help="rebuild report.html and report.md from saved results")
+    r.add_argument("runs_dir")
+    r.add_argument("--out", help="folder for the report (default: RUNS_DIR)")
+
+    run = sub.add_parser("run", help="train, export, bench and report in one go")
+    run.add_argument("--preset", default="quick")
+    run.add_argument("--data-root")
+    run.add_argument("--experiments", type=_csv)
+    run.add_argument("--seeds", type=_csv_ints)
+    run.add_argument("--out", default="runs")
+    run.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
+    return p
+
+
+def _train(a) -> int:
+    from harness.config import get_experiment
+    from harness.train import train
+
+    cfg = get_experiment(a.experiment)
+    changes = {k: v for k, v in {
+        "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "image_size": a.image_size,
+        "mixed_precision": a.mixed_precision, "seed": a.seed, "kl_weight": a.kl_weight,
+        "max_train_samples": a.max_train_samples, "num_workers": a.num_workers,
+    }.items() if v is not None}
+    if a.no_augment:
+        changes["augment"] = False
+    cfg = cfg.replace(**changes)
+    if a.base_channels is not None:
+        cfg = cfg.with_base_channels(a.base_channels)
+    cfg.validate()
+    out = a.out or os.path.join("runs", cfg.name)
+    train(cfg, out_dir=out, data_root=a.data_root, download=a.download, log_with=a.log_with,
+          resume=a.resume, checkpoint_every=a.checkpoint_every)
+    return 0
+
+
+def _export(a) -> int:
+    from exports.onnx_export import export_run
+
+    export_run(a.run_dir, out_dir=a.out, quantize=a.quantize, calib_count=a.calib_count,
+               data_root=a.data_root, tolerance=a.tolerance)
+    return 0
+
+
+def _predict(a) -> int:
+    from harness.predict import predict
+
+    predict(a.onnx, a.images, a.out, threads=a.threads)
+    return 0
+
+
+def _bench(a) -> int:
+    from harness.bench import BenchConfig, run_bench
+
+    fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "threads", "min_queries",
+                                         "min_duration", "server_rate", "latency_bound_ms", "accuracy_samples")}
+    cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
+    run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv)
+    return 0
+
+
+def _report(a) -> int:
+    from harness.report import build_report
+
+    build_report(a.runs_dir, out_dir=a.out)
+    return 0
+
+
+def _run(a) -> int:
+    from harness.pipeline import run_pipeline
+
+    run_pipeline(preset=a.preset, data_root=a.data_root, experiments=a.experiments, seeds=a.seeds,
+                 out_dir=a.out, log_with=a.log_with)
+    return 0
+
+
+COMMANDS = {"train": _train, "export": _export, "predict": _predict, "bench": _bench,
+            "report": _report, "run": _run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"segvae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"segvae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""Experiment configs: one registry of named experiments, each a plain dataclass (a variant is data).
+
+A run directory's `config.json` is `asdict(ExperimentConfig)`; it holds all that is needed to
+rebuild the model (see `harness.checkpoint`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, asdict
+from typing import Any
+
+from harness.errors import UserError
+
+TASKS = ("segmentation", "cvae")
+DATASETS = {"pets": "segmentation", "mnist": "cvae", "cifar10": "cvae"}
+LOSSES = {"segmentation": ("bce", "dice"), "cvae": ("elbo",)}
+PRECISIONS = ("no", "fp16", "bf16")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    task: str
+    dataset: str
+    loss: str
+    model: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"
+    image_size: int = 128          # segmentation only; CVAEs use the dataset's native size
+    mixed_precision: str = "no"
+    seed: int = 0
+    val_fraction: float = 0.15     # carved from the training split with a fixed seed (split_seed)
+    split_seed: int = 1234
+    augment: bool = True
+    kl_weight: float = 1.0         # CVAE: 1.0 is the plain ELBO objective
+    max_train_samples: int | None = None
+    num_workers: int = 0
+    early_stop_patience: int | None = None  # epochs without val improvement before stopping
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> "ExperimentConfig":
+        def bad(arg, msg):
+            raise UserError(f"invalid setting {arg}={getattr(self, arg.lstrip('-').replace('-', '_'), None)!r}: {msg}")
+
+        if self.task not in TASKS:
+            bad("task", f"expected one of {TASKS}")
+        if DATASETS.get(self.dataset) != self.task:
+            bad("dataset", f"expected a {self.task} dataset: {[d for d, t in DATASETS.items() if t == self.task]}")
+        if self.loss not in LOSSES[self.task]:
+            bad("loss", f"expected one of {LOSSES[self.task]}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            bad("--epochs", "expected a positive integer")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            bad("--batch-size", "expected a positive integer")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and self.lr == self.lr and self.lr != float("inf")):
+            bad("--lr", "expected a positive finite number")
+        if self.mixed_precision not in PRECISIONS:
+            bad("--mixed-precision", f"expected one of {PRECISIONS}")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"expected one of {SCHEDULES}")
+        if not 0 < self.val_fraction < 1:
+            bad("val_fraction", "expected a number between 0 and 1")
+        if self.kl_weight < 0:
+            bad("kl_weight", "expected a non-negative number")
+        if self.task == "segmentation":
+            depth = int(self.model.get("depth", 4))
+            step = 2 ** depth
+            if not isinstance(self.image_size, int) or self.image_size < step or self.image_size % step:
+                bad("--image-size", f"expected a positive multiple of {step} (2^depth, depth={depth})")
+            if int(self.model.get("base_channels", 1)) < 1:
+                bad("--base-channels", "expected a positive integer")
+        else:
+            if int(self.model.get("hidden_channels", 1)) < 1:
+                bad("--base-channels", "expected a positive integer")
+        return self
+
+    # ---------------------------------------------------------------- helpers
+    def replace(self, **changes) -> "ExperimentConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise UserError(f"unknown config field(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def with_base_channels(self, n: int) -> "ExperimentConfig":
+        key = "base_channels" if self.task == "segmentation" else "hidden_channels"
+        return self.replace(model={**self.model, key: int(n)})
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.get("num_classes", 10))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "ExperimentConfig":
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: expected a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = {"name", "task", "dataset", "loss"} - set(d)
+        if missing:
+            raise UserError(f"{source}: missing field(s) {sorted(missing)}")
+        return cls(**{k: v for k, v in d.items() if k in names}).validate()
+
+    def hash(self) -> str:
+        """Hash of what determines the model and its training (not seeds of runs or timing)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _unet(name: str, down: str, up: str, loss: str) -> ExperimentConfig:
+    return ExperimentConfig(
+        name=name, task="segmentation", dataset="pets", loss=loss,
+        model={"down": down, "up": up, "base_channels": 32, "depth": 4, "in_channels": 3, "out_channels": 1},
+        epochs=30, batch_size=16, lr=3e-3, image_size=128,
+    )
+
+
+def _cvae(name: str, dataset: str, in_channels: int, image_size: int, latent: int, hidden: int,
+          epochs: int, kl_weight: float) -> ExperimentConfig:
+    return ExperimentConfig(
+        name=name, task="cvae", dataset=dataset, loss="elbo",
+        model={"in_channels": in_channels, "image_size": image_size, "num_classes": 10,
+               "latent_dim": latent, "hidden_channels": hidden, "embed_dim": 32},
+        epochs=epochs, batch_size=128, lr=2e-3, image_size=image_size, augment=False,
+        kl_weight=kl_weight, early_stop_patience=5,
+    )
+
+
+EXPERIMENTS: dict[str, ExperimentConfig] = {
+    "unet-mp-tr-bce": _unet("unet-mp-tr-bce", "maxpool", "transpose", "bce"),
+    "unet-mp-tr-dice": _unet("unet-mp-tr-dice", "maxpool", "transpose", "dice"),
+    "unet-sc-tr-bce": _unet("unet-sc-tr-bce", "strided", "transpose", "bce"),
+    "unet-sc-up-dice": _unet("unet-sc-up-dice", "strided", "upsample", "dice"),
+    "cvae-mnist": _cvae("cvae-mnist", "mnist", 1, 28, latent=16, hidden=32, epochs=20, kl_weight=1.0),
+    "cvae-cifar10": _cvae("cvae-cifar10", "cifar10", 3, 32, latent=64, hidden=64, epochs=20, kl_weight=1.0),
+}
+
+
+def get_experiment(name: str) -> ExperimentConfig:
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {name!r}: expected one of {', '.join(EXPERIMENTS)}")
+    return dataclasses.replace(EXPERIMENTS[name], model=dict(EXPERIMENTS[name].model))
