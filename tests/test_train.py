@@ -1,0 +1,117 @@
+"""Training end to end on tiny fixtures in the real layouts: outputs, determinism, DDP exactness, resume."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from harness.checkpoint import load_run
+from harness.data import build_splits
+from harness.train import evaluate_run
+from tests.fixtures import make_pets
+from tests.helpers import REPO, TINY_CVAE, TINY_UNET, cli, launch, without_timings
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def unet_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "unet"
+    cli("train", "unet-sc-up-dice", "--data-root", data_root, "--out", out, *TINY_UNET)
+    return out
+
+
+def test_unet_run_writes_all_outputs(unet_run, data_root):
+    for name in ("config.json", "model.safetensors", "metrics.json", "samples/overlays.png",
+                 "checkpoints/last/trainer_state.json"):
+        assert (unet_run / name).is_file(), name
+    m = read(unet_run / "metrics.json")
+    assert m["experiment"] == "unet-sc-up-dice" and m["num_processes"] == 1
+    for split in ("val", "test"):
+        for k in ("dice", "iou", "dice_mean", "iou_mean"):
+            assert 0.0 <= m[split][k] <= 1.0
+    assert m["test"]["count"] == 6  # the fixture's test list has 6 pairs
+    assert len(m["history"]) == 2 and m["epochs_run"] == 2
+    cfg, model = load_run(unet_run)
+    assert cfg.model["down"] == "strided" and cfg.model["up"] == "upsample" and cfg.loss == "dice"
+    # the saved weights reproduce the saved test metrics exactly
+    assert evaluate_run(unet_run, "test", data_root)["dice"] == pytest.approx(m["test"]["dice"], abs=1e-12)
+    assert Image.open(unet_run / "samples/overlays.png").size[0] == 3 * 32
+
+
+def test_same_seed_same_metrics(unet_run, data_root, tmp_path):
+    again = tmp_path / "again"
+    cli("train", "unet-sc-up-dice", "--data-root", data_root, "--out", again, *TINY_UNET)
+    assert without_timings(read(again / "metrics.json")) == without_timings(read(unet_run / "metrics.json"))
+
+
+def test_cvae_run_grid_and_metrics(data_root, tmp_path):
+    out = tmp_path / "cvae"
+    cli("train", "cvae-mnist", "--data-root", data_root, "--out", out, *TINY_CVAE)
+    m = read(out / "metrics.json")
+    for k in ("elbo", "nll", "kl", "bpd"):
+        assert math.isfinite(m["test"][k])
+    assert m["test"]["elbo"] == pytest.approx(-(m["test"]["nll"] + m["test"]["kl"]), rel=1e-7)
+
+    d = 28 * 28
+    assert m["test"]["bpd"] == pytest.approx((-m["test"]["elbo"] + d * math.log(256)) / (d * math.log(2)), rel=1e-5)
+    grid = Image.open(out / m["samples"]["grid"])
+    assert grid.size == (5 * 28 + 6 * 2, 5 * 28 + 6 * 2)  # 5x5 tiles with 2 px padding
+    assert len(m["samples"]["labels"]) == 25
+    assert all(true != wrong for true, wrong in m["samples"]["labels"])
+    assert (out / m["samples"]["figure"]).is_file()
+    assert m["recon"]["mae"] >= 0
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    # odd split sizes, so 2 ranks get uneven shares and Accelerate pads one of them
+    data_root = make_pets(tmp_path / "data", n_trainval=27, n_test=7)
+    out = tmp_path / "ddp"
+    p = launch(2, "train", "unet-mp-tr-bce", "--data-root", data_root, "--out", out, *TINY_UNET)
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = read(out / "metrics.json")
+    assert m["num_processes"] == 2
+    # every sample evaluated exactly once: no padding duplicates
+    cfg = load_run(out)[0]
+    sizes = {k: len(v) for k, v in build_splits(cfg, data_root).items()}
+    assert (m["val"]["count"], m["test"]["count"]) == (sizes["val"], sizes["test"]) == (4, 7)
+    ref = evaluate_run(out, "val", data_root)
+    assert m["val"]["dice"] == pytest.approx(ref["dice"], abs=1e-12)
+    assert m["val"]["iou"] == pytest.approx(ref["iou"], abs=1e-12)
+    ref_test = evaluate_run(out, "test", data_root)
+    assert m["test"] == pytest.approx({**ref_test}, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted(data_root, tmp_path):
+    args = ["train", "unet-mp-tr-bce", "--data-root", str(data_root), "--epochs", "4", "--base-channels", "4",
+            "--image-size", "32", "--batch-size", "2"]
+    ref = tmp_path / "ref"
+    cli(*args, "--out", ref)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *args, "--out", str(killed)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "checkpoints" / "last" / "trainer_state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and read(state)["epoch"] >= 1:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "run finished before it could be killed"
+    time.sleep(0.3)  # into the next epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    cli(*args, "--out", killed, "--resume")
+    assert without_timings(read(killed / "metrics.json")) == without_timings(read(ref / "metrics.json"))
