@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one experiment (works under `accelerate launch`)")
     t.add_argument("experiment")
+    t.add_argument("--config", help="JSON config to start from (e.g. a run's config.json); flags override it")
     t.add_argument("--data-root", help="dataset root (default: the embedded real sample)")
     t.add_argument("--download", action="store_true", help="let torchvision download missing data (online only)")
     t.add_argument("--epochs", type=_positive_int)
@@ -62,9 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--out", help="run directory (default: runs/<experiment>)")
     t.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    t.add_argument("--checkpoint-every", type=_positive_int, default=None,
-                   help="also checkpoint every N optimizer steps (default: each epoch)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in --out (checkpoints are taken at each epoch's end)")
 
     e = sub.add_parser("export", help="export a trained run to ONNX and check parity")
     e.add_argument("run_dir")
@@ -109,10 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(a) -> int:
-    from harness.config import get_experiment
+    from harness.config import ExperimentConfig, get_experiment
+    from harness.io import read_json
     from harness.train import train
 
     cfg = get_experiment(a.experiment)
+    if a.config:
+        cfg = ExperimentConfig.from_dict(read_json(a.config, "--config"), a.config)
+        if cfg.name != a.experiment:
+            raise UserError(f"--config {a.config} is for experiment {cfg.name!r}, not {a.experiment!r}")
     changes = {k: v for k, v in {
         "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "image_size": a.image_size,
         "mixed_precision": a.mixed_precision, "seed": a.seed, "kl_weight": a.kl_weight,
@@ -126,7 +131,7 @@ def _train(a) -> int:
     cfg.validate()
     out = a.out or os.path.join("runs", cfg.name)
     train(cfg, out_dir=out, data_root=a.data_root, download=a.download, log_with=a.log_with,
-          resume=a.resume, checkpoint_every=a.checkpoint_every)
+          resume=a.resume)
     return 0
 
 

@@ -182,7 +182,7 @@ def _log_images(accelerator, active: str, images: dict[str, Path], step: int):
 
 # ----------------------------------------------------------------------------- main entry
 def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, download: bool = False,
-          log_with: str = "none", resume: bool = False, checkpoint_every: int | None = None) -> dict:
+          log_with: str = "none", resume: bool = False) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -334,7 +334,7 @@ def _stop_if_not_finite(accelerator, loss, step, epoch, ckpt_dir):
         finite = accelerator.gather(finite).min()
     if not bool(finite):
         kept = f"; the last good checkpoint is kept at {ckpt_dir}" if ckpt_dir.is_dir() else ""
-        raise UserError(f"loss became {float(loss)} at step {step + 1} (epoch {epoch + 1}){kept}; "
+        raise UserError(f"loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}){kept}; "
                         f"try a lower --lr")
 
 

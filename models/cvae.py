@@ -56,7 +56,18 @@ class CVAE(nn.Module):
         self.to_image = nn.Conv2d(h, in_channels, 3, 1, 1)
         self.log_scale = nn.Parameter(torch.zeros(()))
 
+    def check_labels(self, y: torch.Tensor):
+        """Eager-mode guard with a clear message (nn.Embedding's own error names no class count)."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return
+        if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
+            raise ValueError(f"labels must be a 1-D integer tensor of class indices, got {y.dtype} {tuple(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes}), got values in "
+                             f"[{int(y.min())}, {int(y.max())}]")
+
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_labels(y)
         e = self.embed(y)
         maps = e[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         feats = self.encoder(torch.cat([x, maps], dim=1))
@@ -64,6 +75,7 @@ class CVAE(nn.Module):
         return mu, logvar.clamp(-12.0, 8.0)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.check_labels(y)
         e = self.embed(y)
         x = self.from_latent(torch.cat([z, e], dim=1)).view(-1, *self.dec_shape)
         for block in self.dec_blocks:

@@ -1,0 +1,221 @@
+"""`segvae run`: data -> train -> judge -> export -> bench -> report, driven by a named preset.
+
+Each training run is a child process (`python -m harness train --config ...`), so every run gets
+a fresh Accelerator and its own threads; export, bench and report run here. Outputs:
+
+    OUT/<experiment>[-s<seed>]/   one run directory per experiment and seed
+    OUT/judges/<dataset>/         the label-swap judges
+    OUT/bench.json                PyTorch vs ONNX Runtime, speed and accuracy
+    OUT/report.html, report.md    the report
+    OUT/pipeline.json             preset, commands, wall time
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.config import EXPERIMENTS, ExperimentConfig, get_experiment
+from harness.errors import UserError
+from harness.io import atomic_write_json
+
+
+@dataclass
+class Preset:
+    """Overrides applied to the registry's configs, plus what the later stages do."""
+    description: str
+    segmentation: dict = field(default_factory=dict)   # ExperimentConfig fields for UNets
+    cvae: dict = field(default_factory=dict)           # ExperimentConfig fields for CVAEs
+    unet_channels: int | None = None
+    cvae_channels: int | None = None
+    seeds: tuple[int, ...] = (0,)
+    judge_epochs: int | None = None                     # None: the judge's own default
+    quantize: bool = True
+    bench: dict = field(default_factory=dict)           # BenchConfig fields
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        "A quick CPU look (README's first command): the embedded sample, small widths, short runs; "
+        "about 10-15 minutes on 2 cores.",
+        segmentation={"epochs": 12, "image_size": 96, "batch_size": 8, "lr": 3e-3},
+        cvae={"epochs": 8, "batch_size": 64, "early_stop_patience": None},
+        unet_channels=16, cvae_channels=32, judge_epochs=6,
+        bench={"batch_sizes": [1, 8], "min_queries": 10, "min_duration": 0.5, "warmup": 2,
+               "accuracy_samples": 200, "backends": ["torch-eager", "torch-bf16", "ort-fp32", "ort-int8"]},
+    ),
+    "cpu": Preset(
+        "A thorough CPU run on the full shared data (../shared/data): the registry's recipes "
+        "(about 10 minutes of training per model on 2 cores), 3 seeds for the UNets.",
+        segmentation={"mixed_precision": "bf16"},
+        seeds=(0, 1, 2),
+        bench={"batch_sizes": [1, 8, 32], "min_queries": 30, "min_duration": 2.0},
+    ),
+    "gpu": Preset(
+        "A GPU run with the seed's settings: 64 base channels, 256 px, more epochs, bf16.",
+        segmentation={"image_size": 256, "epochs": 100, "batch_size": 32, "mixed_precision": "bf16"},
+        cvae={"epochs": 100, "batch_size": 256, "mixed_precision": "bf16"},
+        unet_channels=64, cvae_channels=128, seeds=(0, 1, 2),
+        bench={"batch_sizes": [1, 8, 32, 128], "min_queries": 100, "min_duration": 5.0},
+    ),
+}
+
+
+def preset_config(name: str, preset: Preset, seed: int) -> ExperimentConfig:
+    cfg = get_experiment(name)
+    cfg = cfg.replace(**(preset.segmentation if cfg.task == "segmentation" else preset.cvae), seed=seed)
+    channels = preset.unet_channels if cfg.task == "segmentation" else preset.cvae_channels
+    if channels:
+        cfg = cfg.with_base_channels(channels)
+    return cfg.validate()
+
+
+def run_dir_name(name: str, seed: int, seeds: tuple[int, ...]) -> str:
+    return name if len(seeds) == 1 else f"{name}-s{seed}"
+
+
+def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=None, out_dir="runs",
+                 log_with: str = "none") -> dict:
+    from harness.data import resolve_data_root
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown --preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    experiments = list(experiments or EXPERIMENTS)
+    for name in experiments:
+        get_experiment(name)  # clear error for an unknown name before any work starts
+    seeds = tuple(seeds or p.seeds)
+    root = resolve_data_root(data_root)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    commands: list[str] = [" ".join(shlex.quote(a) for a in ["segvae", *sys.argv[1:]])] if sys.argv else []
+    stage_seconds: dict[str, float] = {}
+    print(f"segvae run: preset {preset!r} ({p.description})\n  data {root}\n  experiments {experiments}, "
+          f"seeds {list(seeds)}\n  outputs under {out.resolve()}", flush=True)
+
+    # 1. train
+    primary: list[Path] = []
+    t = time.perf_counter()
+    for name in experiments:
+        for seed in seeds:
+            cfg = preset_config(name, p, seed)
+            run = out / run_dir_name(name, seed, seeds)
+            cfg_path = out / "configs" / f"{run.name}.json"
+            atomic_write_json(cfg_path, cfg.to_dict())
+            argv = ["train", name, "--config", str(cfg_path), "--data-root", str(root), "--out", str(run),
+                    "--log-with", log_with]
+            commands.append(" ".join(["segvae", *map(shlex.quote, argv)]))
+            _child(argv, f"[train {run.name}]")
+            if seed == seeds[0]:
+                primary.append(run)
+    stage_seconds["train"] = time.perf_counter() - t
+
+    # 2. judges for the CVAE datasets
+    t = time.perf_counter()
+    judges = _train_judges(experiments, root, out, p, commands)
+    for run in primary:
+        _judge_run(run, judges, root)
+    stage_seconds["judges"] = time.perf_counter() - t
+
+    # 3. export (+ int8)
+    from exports.onnx_export import export_run
+
+    t = time.perf_counter()
+    for run in primary:
+        print(f"[export {run.name}]", flush=True)
+        export_run(run, quantize="int8" if p.quantize else None, data_root=root)
+        commands.append(f"segvae export {shlex.quote(str(run))}" + (" --quantize int8" if p.quantize else ""))
+    stage_seconds["export"] = time.perf_counter() - t
+
+    # 4. bench
+    from harness.bench import BenchConfig, run_bench
+
+    t = time.perf_counter()
+    bench_cfg = BenchConfig(**p.bench)
+    judge_fns = {ds: _judge_fn(j) for ds, j in judges.items()}
+    run_bench(primary, bench_cfg, data_root=root, out=out / "bench.json", argv=None, judge_fns=judge_fns)
+    commands.append("segvae bench " + " ".join(shlex.quote(str(r)) for r in primary)
+                    + f" --data-root {shlex.quote(str(root))} --out {shlex.quote(str(out / 'bench.json'))}")
+    stage_seconds["bench"] = time.perf_counter() - t
+
+    # 5. report
+    from harness.report import build_report
+
+    wall = time.perf_counter() - t0
+    atomic_write_json(out / "pipeline.json", {
+        "preset": preset, "description": p.description, "data_root": str(root), "experiments": experiments,
+        "seeds": list(seeds), "commands": commands, "wall_seconds": wall, "stage_seconds": stage_seconds})
+    paths = build_report(out)
+    commands.append(f"segvae report {shlex.quote(str(out))}")
+    wall = time.perf_counter() - t0
+    print(f"segvae run finished in {wall / 60:.1f} min; report: {Path(paths['html']).resolve()}", flush=True)
+    return {"out": out, "wall_seconds": wall, **paths}
+
+
+def _child(argv: list[str], tag: str):
+    """Run `python -m harness ARGV`, streaming its output; a failure stops the pipeline with its tail."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    tail: list[str] = []
+    for line in proc.stdout:
+        for part in line.replace("\r", "\n").splitlines():
+            if part.strip() and "it/s" not in part and "s/it" not in part:
+                print(f"{tag} {part}", flush=True)
+                tail = (tail + [part])[-20:]
+    if proc.wait() != 0:
+        raise UserError(f"{tag} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def _train_judges(experiments, root: Path, out: Path, p: Preset, commands: list[str]) -> dict:
+    from harness.judge import load_judge, train_judge
+
+    judges = {}
+    for name in experiments:
+        cfg = get_experiment(name)
+        if cfg.task != "cvae" or cfg.dataset in judges:
+            continue
+        jdir = out / "judges" / cfg.dataset
+        print(f"[judge {cfg.dataset}] training the label-swap judge", flush=True)
+        train_judge(cfg.dataset, root, out_dir=jdir, epochs=p.judge_epochs)
+        commands.append(f"python -c \"from harness.judge import train_judge; "
+                        f"train_judge('{cfg.dataset}', '{root}', out_dir='{jdir}')\"")
+        judges[cfg.dataset] = load_judge(jdir)
+    return judges
+
+
+def _judge_fn(judge):
+    return lambda images, new_labels: judge.score(images, new_labels)
+
+
+def _judge_run(run: Path, judges: dict, root: Path):
+    """Judge a CVAE run in PyTorch: TRUE-label reconstructions and the 25 label-swapped grid images."""
+    import torch
+
+    from harness.checkpoint import METRICS_FILE, load_run
+    from harness.data import build_splits
+    from harness.io import read_json
+    from harness.labelswap import swap_inputs
+
+    cfg, model = load_run(run)
+    if cfg.task != "cvae" or cfg.dataset not in judges:
+        return
+    judge = judges[cfg.dataset]
+    test = build_splits(cfg, root)["test"]
+    with torch.no_grad():
+        x = torch.stack([test[i][0] for i in range(len(test))])
+        y = torch.tensor([int(test[i][1]) for i in range(len(test))])
+        recon = torch.cat([model.decode(model.encode(xb, yb)[0], yb)
+                           for xb, yb in zip(x.split(256), y.split(256))])
+        grid = swap_inputs(test, 25, cfg.num_classes, cfg.model.get("latent_dim", 16), seed=0)
+        swapped = model.swap(grid["image"], grid["label"], grid["new_label"], grid["eps"])
+    metrics = read_json(run / METRICS_FILE, "metrics")
+    metrics.setdefault("recon", {})["judge_acc_true_label"] = judge.score(recon.numpy(), y.numpy())
+    metrics["judge"] = {"test_acc_real": judge.meta.get("test_acc"),
+                        "grid_swap_acc": judge.score(swapped.numpy(), grid["new_label"].numpy())}
+    atomic_write_json(run / METRICS_FILE, metrics)
