@@ -1,0 +1,305 @@
+"""ONNX export, int8 quantization, the ORT session wrapper and `predict`, on tiny random-init models.
+
+Runs are built from the registry (`get_experiment`) at base width 4 (UNets at 32 px) with seeded
+random weights; data-dependent paths use the synthetic fixture tree (tests/fixtures.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from exports.onnx_export import OPSET, build_metadata, export_run, graph_specs
+from exports.session import OrtSession
+from harness.checkpoint import load_run, save_config, save_weights
+from harness.config import get_experiment
+from harness.errors import UserError
+from models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ["unet-mp-tr-bce", "unet-mp-tr-dice", "unet-sc-tr-bce", "unet-sc-up-dice", "cvae-mnist", "cvae-cifar10"]
+INT8_KIND = "unet-mp-tr-bce"
+TOL = 1e-4
+
+
+def make_run(root: Path, name: str, seed: int = 0) -> Path:
+    cfg = get_experiment(name).with_base_channels(4)
+    if cfg.task == "segmentation":
+        cfg = cfg.replace(image_size=32)
+    torch.manual_seed(seed)
+    model = build_model(cfg.task, cfg.model)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode BN is really exercised
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    run = root / name
+    save_config(run, cfg)
+    save_weights(run, model)
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data_root):
+    """name -> (run_dir, export report); each kind is exported once, on first use."""
+    root = tmp_path_factory.mktemp("runs")
+    cache: dict[str, tuple[Path, dict]] = {}
+
+    def get(name: str):
+        if name not in cache:
+            run = make_run(root, name)
+            q = "int8" if name == INT8_KIND else None
+            cache[name] = (run, export_run(run, quantize=q, calib_count=16, data_root=data_root))
+        return cache[name]
+
+    return get
+
+
+def _own_inputs(cfg, kind: str, b: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "segmentation":
+        s = cfg.image_size
+        return {"image": torch.randn(b, 3, s, s, generator=g)}
+    c, s, k, lat = cfg.model["in_channels"], cfg.model["image_size"], cfg.num_classes, cfg.model["latent_dim"]
+    labels = torch.randint(0, k, (b,), generator=g)
+    if kind == "decoder":
+        return {"z": torch.randn(b, lat, generator=g), "label": labels}
+    return {"image": torch.rand(b, c, s, s, generator=g), "label": labels,
+            "new_label": (labels + 1 + torch.randint(0, k - 1, (b,), generator=g)) % k,
+            "eps": torch.randn(b, lat, generator=g)}
+
+
+# ---------------------------------------------------------------------------- export + parity
+@pytest.mark.parametrize("name", KINDS)
+def test_export_parity_and_metadata(exported, name):
+    run, report = exported(name)
+    out = run / "onnx"
+    cfg, model = load_run(run)
+    specs = graph_specs(cfg, model)
+    expected_files = {s.file for s in specs} | ({"model.int8.onnx"} if name == INT8_KIND else set())
+    assert set(report["files"]) == expected_files
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected_files | {"export.json"})
+    assert not list(out.glob("*.data")), "weights must be embedded in the .onnx"
+    assert not [p for p in run.iterdir() if p.name.startswith(".onnx.tmp")], "temp folder left behind"
+    on_disk = json.loads((out / "export.json").read_text())
+    assert on_disk["opset"] == OPSET and on_disk["tolerance"] == TOL
+    for spec in specs:
+        # the exporter's own figures, on held-out data
+        assert set(report["parity"][spec.file]) >= {"batch_1", "batch_7"}
+        assert all(v <= TOL for v in report["parity"][spec.file].values())
+        assert report["parity_inputs"][spec.file] == "val split"
+        # our own inputs, two batch sizes
+        sess = OrtSession(out / spec.file, threads=1)
+        for b, seed in ((1, 11), (7, 12)):
+            inp = _own_inputs(cfg, spec.kind, b, seed)
+            with torch.no_grad():
+                ref = spec.module(*[inp[n] for n in spec.input_names]).numpy()
+            got = sess(**{k: v.numpy() for k, v in inp.items()})
+            assert got.shape == ref.shape
+            assert float(np.abs(got - ref).max()) <= TOL
+        # metadata round-trip: raw strings exactly as built, decoded values as meant
+        proto = onnx.load(str(out / spec.file))
+        assert proto.opset_import[0].version == OPSET or any(o.version == OPSET and o.domain == ""
+                                                             for o in proto.opset_import)
+        raw = {p.key: p.value for p in proto.metadata_props}
+        assert raw == build_metadata(cfg, spec)
+        md = sess.metadata
+        assert md["experiment"] == name and md["config_hash"] == cfg.hash() and md["graph"] == spec.kind
+        assert md["precision"] == "fp32" and md["onnx_opset"] == OPSET and md["torch_version"] == torch.__version__
+        assert md["variant"]["loss"] == cfg.loss and md["variant"]["task"] == cfg.task
+        assert isinstance(md["class_names"], list) and md["class_names"]
+        assert md["image_size"] == (cfg.image_size if cfg.task == "segmentation" else cfg.model["image_size"])
+        assert all(isinstance(v, str) for v in raw.values())
+        if cfg.task == "segmentation":
+            assert md["mean"] == [0.485, 0.456, 0.406] and md["std"] == [0.229, 0.224, 0.225]
+            assert md["size_multiple"] == 16 and md["variant"]["down"] == cfg.model["down"]
+            assert md["class_names"] == ["background", "pet"] and "trimap" in md["mask_rule"]
+            assert list(sess.inputs) == ["image"] and sess.output_names == ["logits"]
+        else:
+            assert md["normalization"] == "[0,1]" and md["latent_dim"] == cfg.model["latent_dim"]
+            assert md["num_classes"] == 10 and len(md["class_names"]) == 10
+            assert sess.output_names == ["generated"]
+            assert list(sess.inputs) == spec.input_names
+            assert all(n.op_type not in ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike")
+                       for n in proto.graph.node), "noise must be an input, not a random op"
+        assert not [v for v in raw.values() if str(Path.home()) in v or str(run) in v]  # no local paths
+
+
+def test_unet_dynamic_size(exported):
+    run, _ = exported("unet-sc-up-dice")
+    cfg, model = load_run(run)
+    sess = OrtSession(run / "onnx" / "model.onnx", threads=1)
+    x = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = sess(image=x.numpy())
+    assert got.shape == (2, 1, 48, 64) and float(np.abs(got - ref).max()) <= TOL
+
+
+# ---------------------------------------------------------------------------- int8
+def test_int8_unet(exported):
+    run, report = exported(INT8_KIND)
+    q = report["int8"]
+    assert q["file"] == "model.int8.onnx" and (run / "onnx" / "model.int8.onnx").is_file()
+    assert isinstance(q["dice_delta"], float) and abs(q["dice_delta"]) <= 1
+    assert q["dice_delta"] == pytest.approx(q["dice_int8"] - q["dice_fp32"])
+    assert q["calibration_source"] == "train split" and 0 < q["calibration_count"] <= 16
+    assert isinstance(q["fp32_ops"], dict) and q["int8_ops"].get("QLinearConv", 0) > 0
+    sess = OrtSession(run / "onnx" / "model.int8.onnx", threads=1)
+    assert sess.metadata["precision"] == "int8" and sess.metadata["experiment"] == INT8_KIND
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    assert sess(image=x).shape == (3, 1, 32, 32)
+    q_nodes = {n.op_type for n in onnx.load(str(run / "onnx" / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= q_nodes
+
+
+def test_convert_fp16(exported, tmp_path):
+    from exports.quantize import convert_fp16
+
+    run, _ = exported(INT8_KIND)
+    out = convert_fp16(run / "onnx" / "model.onnx", tmp_path / "model.fp16.onnx")
+    if out is None:
+        pytest.skip("no fp16 converter installed")
+    sess = OrtSession(out, threads=1)
+    assert sess.metadata["precision"] == "fp16" and sess.inputs["image"][1] == np.float32  # I/O stay fp32
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ref = OrtSession(run / "onnx" / "model.onnx", threads=1)(image=x)
+    assert float(np.abs(sess(image=x) - ref).max()) < 0.05
+
+
+# ---------------------------------------------------------------------------- session errors
+def test_session_input_errors(exported):
+    run, _ = exported(INT8_KIND)
+    sess = OrtSession(run / "onnx" / "model.onnx", threads=1)
+    good = np.zeros((1, 3, 32, 32), np.float32)
+    assert sess(image=good).shape == (1, 1, 32, 32)
+    with pytest.raises(UserError, match=r"input 'image': expected float32, got float64"):
+        sess(image=good.astype(np.float64))
+    with pytest.raises(UserError, match=r"input 'image': expected rank 4"):
+        sess(image=good[0])
+    with pytest.raises(UserError, match=r"input 'image': dimension 1 \(channels\) must be 3, got 4"):
+        sess(image=np.zeros((1, 4, 32, 32), np.float32))
+    with pytest.raises(UserError, match=r"input 'image': height 40 is not a multiple of 16"):
+        sess(image=np.zeros((1, 3, 40, 32), np.float32))
+    with pytest.raises(UserError, match=r"missing input\(s\) \['image'\]"):
+        sess.run({})
+    with pytest.raises(UserError, match=r"unknown input\(s\) \['img'\]"):
+        sess.run({"img": good})
+
+
+def test_session_label_and_batch_errors(exported):
+    run, _ = exported("cvae-mnist")
+    sess = OrtSession(run / "onnx" / "swap.onnx", threads=1)
+    n, lat = 2, sess.metadata["latent_dim"]
+    feed = {"image": np.zeros((n, 1, 28, 28), np.float32), "label": np.array([0, 9]),
+            "new_label": np.array([1, 2]), "eps": np.zeros((n, lat), np.float32)}
+    assert sess.run(feed)["generated"].shape == (n, 1, 28, 28)
+    with pytest.raises(UserError, match=r"input 'new_label': label 10 is outside \[0, 10\)"):
+        sess.run({**feed, "new_label": np.array([1, 10])})
+    with pytest.raises(UserError, match=r"input 'label': label -1 is outside \[0, 10\)"):
+        sess.run({**feed, "label": np.array([-1, 3])})
+    with pytest.raises(UserError, match=r"input 'label': expected int64, got int32"):
+        sess.run({**feed, "label": np.array([1, 3], np.int32)})
+    with pytest.raises(UserError, match=r"input 'eps': dimension 1 \(latent_dim\) must be"):
+        sess.run({**feed, "eps": np.zeros((n, lat + 1), np.float32)})
+    with pytest.raises(UserError, match=r"input 'eps': dimension 0 \(batch\) is 3 but input 'image' has 2"):
+        sess.run({**feed, "eps": np.zeros((3, lat), np.float32)})
+    with pytest.raises(UserError, match=r"input 'image': dimension 2 \(height\) must be 28"):
+        sess.run({**feed, "image": np.zeros((n, 1, 32, 32), np.float32)})
+
+
+def test_session_load_errors(exported, tmp_path):
+    run, _ = exported(INT8_KIND)
+    src = run / "onnx" / "model.onnx"
+    with pytest.raises(UserError, match="ONNX model not found: .*nope.onnx"):
+        OrtSession(tmp_path / "nope.onnx")
+    data = src.read_bytes()
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="trunc.onnx is not a valid ONNX model"):
+        OrtSession(trunc)
+    ext_dir = tmp_path / "ext"
+    ext_dir.mkdir()
+    onnx.save(onnx.load(str(src)), str(ext_dir / "m.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="m.onnx.data", size_threshold=0)
+    assert OrtSession(ext_dir / "m.onnx", threads=1)(image=np.zeros((1, 3, 32, 32), np.float32)).shape[1] == 1
+    (ext_dir / "m.onnx.data").unlink()
+    with pytest.raises(UserError, match=r"external weights file missing: .*m\.onnx\.data"):
+        OrtSession(ext_dir / "m.onnx")
+    with pytest.raises(UserError, match="graph_optimization"):
+        OrtSession(src, graph_optimization="max")
+
+
+# ---------------------------------------------------------------------------- failed parity is atomic
+def test_failed_parity_leaves_nothing(tmp_path, data_root, monkeypatch, capsys):
+    import exports.onnx_export as ox
+    from harness.cli import main
+
+    run = make_run(tmp_path, "cvae-mnist", seed=1)
+    out = tmp_path / "exp" / "onnx"
+    with pytest.raises(UserError, match=r"parity check failed for swap.onnx at batch \d.*tolerance 1e-12"):
+        export_run(run, out_dir=out, data_root=data_root, tolerance=1e-12)
+    assert not out.exists()
+    assert list((tmp_path / "exp").iterdir()) == []  # no temp folder either
+    # through the CLI: a parity failure after a partial write exits non-zero and leaves nothing either
+    def fail_after_partial_write(cfg, model, tmp, *a, **k):
+        (tmp / "swap.onnx").write_bytes(b"partial")
+        raise UserError("ONNX parity check failed for swap.onnx at batch 7: max abs difference 0.001 > tolerance")
+
+    monkeypatch.setattr(ox, "_export_into", fail_after_partial_write)
+    assert main(["export", str(run), "--out", str(out), "--data-root", str(data_root)]) == 2
+    assert "parity check failed" in capsys.readouterr().err
+    assert not out.exists() and list((tmp_path / "exp").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- predict
+def test_predict_writes_mask_and_overlay(exported, tmp_path):
+    from harness.predict import predict
+
+    run, _ = exported(INT8_KIND)
+    rng = np.random.default_rng(0)
+    img = tmp_path / "cat.png"
+    Image.fromarray(rng.integers(0, 255, (37, 50, 3), dtype=np.uint8)).save(img)
+    rgba = tmp_path / "dog.jpg"  # PNG data (RGBA) under a .jpg name, like Abyssinian_5
+    Image.fromarray(rng.integers(0, 255, (21, 45, 4), dtype=np.uint8)).save(rgba, format="PNG")
+    out = tmp_path / "pred"
+    paths = predict(run / "onnx" / "model.onnx", [img, rgba], out, threads=1)
+    assert [p.name for p in paths] == ["cat_mask.png", "cat_overlay.png", "dog_mask.png", "dog_overlay.png"]
+    for stem, size in (("cat", (50, 37)), ("dog", (45, 21))):
+        mask, over = Image.open(out / f"{stem}_mask.png"), Image.open(out / f"{stem}_overlay.png")
+        assert mask.size == size and over.size == size and over.mode == "RGB" and mask.mode == "L"
+        assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(UserError, match="broken.png"):
+        predict(run / "onnx" / "model.onnx", [bad], out)
+    with pytest.raises(UserError, match="image not found: .*missing.png"):
+        predict(run / "onnx" / "model.onnx", [tmp_path / "missing.png"], out)
+
+
+def test_predict_rejects_cvae_graph(exported, tmp_path):
+    from harness.predict import predict
+
+    run, _ = exported("cvae-mnist")
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    with pytest.raises(UserError, match="'swap' graph"):
+        predict(run / "onnx" / "swap.onnx", [img], tmp_path / "o")
+
+
+def test_session_and_predict_do_not_import_torch():
+    code = ("import sys, exports.session, harness.predict; "
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
