@@ -208,7 +208,6 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         model, optimizer, train_loader, eval_loaders["val"], eval_loaders["test"])
     steps_per_epoch = len(train_loader)
     scheduler = _make_scheduler(cfg, optimizer, steps_per_epoch)
-    accelerator.register_for_checkpointing(scheduler)
 
     if accelerator.is_main_process:
         save_config(out_dir, cfg)
@@ -218,8 +217,10 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
     ckpt_dir = out_dir / CHECKPOINT_DIR / "last"
     found = _checkpoint_to_resume(out_dir) if resume else None
     if found is not None:
+        _verify_checkpoint(found)
         accelerator.load_state(str(found), load_kwargs={"weights_only": True})
         state = read_json(found / STATE_FILE, "trainer state")
+        _fast_forward(scheduler, state["step"])
         accelerator.print(f"resumed from {found} at epoch {state['epoch']}")
     elif resume:
         accelerator.print(f"no checkpoint in {out_dir / CHECKPOINT_DIR}: starting from scratch")
@@ -367,6 +368,33 @@ def _check_resume(cfg: ExperimentConfig, out_dir: Path, resume: bool):
     if saved.name != cfg.name or saved.model != cfg.model:
         raise UserError(f"{out_dir} holds a run of {saved.name!r} with model {saved.model}; "
                         f"cannot resume {cfg.name!r} with model {cfg.model} from it")
+
+
+def _verify_checkpoint(ckpt: Path):
+    """Load every pickle-format file of an Accelerate checkpoint with weights_only=True first.
+
+    Accelerate itself swallows a failing random-state load; a file that is not plain tensors and
+    numbers (a planted pickle) must stop the resume with its name instead.
+    """
+    from accelerate.utils.other import load
+
+    for f in sorted(ckpt.iterdir()):
+        if f.suffix in (".bin", ".pkl", ".pt", ".pth"):
+            try:
+                load(str(f), map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise UserError(f"refusing checkpoint file {f}: it is not a plain weights/state file "
+                                f"({type(e).__name__}); pickled code is never executed") from None
+
+
+def _fast_forward(scheduler, steps: int):
+    """Rebuild the LR schedule by stepping it, instead of unpickling a saved scheduler object."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(steps):
+            scheduler.step()
 
 
 def _checkpoint_to_resume(out_dir: Path) -> Path | None:
