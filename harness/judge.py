@@ -1,0 +1,334 @@
+"""Judge CNNs: one small classifier per CVAE dataset, used to score label-swapped generations.
+
+A judge is trained by the harness on the dataset's real training split (the validation split
+picks the best epoch), and its accuracy on the real test split is recorded beside it, so a
+label-swap success rate can be read against what the judge manages on real images.
+
+Files (out_dir): `judge.safetensors` (weights, never pickled) and `judge.json`
+(dataset, arch kwargs, val_acc, test_acc, epochs, seconds, ...).
+
+Inputs are images in [0, 1], [N, C, H, W]; the per-channel normalisation lives inside the
+network (buffers), so callers never normalise.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from harness.errors import UserError
+
+WEIGHTS_FILE = "judge.safetensors"
+META_FILE = "judge.json"
+JUDGE_DATASETS = ("mnist", "cifar10")
+
+# Per dataset: network shape and training recipe, tuned on 2 CPU cores (see train_judge).
+RECIPES = {
+    "mnist": {
+        "arch": {"in_channels": 1, "num_classes": 10, "widths": [32, 64, 128], "blocks": 1,
+                 "mean": [0.1307], "std": [0.3081], "stem": False},
+        "epochs": 6, "batch_size": 128, "lr": 4e-3, "weight_decay": 5e-4, "pad": 2, "flip": False,
+        "label_smoothing": 0.0,
+    },
+    "cifar10": {
+        "arch": {"in_channels": 3, "num_classes": 10, "widths": [48, 96, 192], "blocks": 1,
+                 "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616], "stem": False},
+        "epochs": 20, "batch_size": 128, "lr": 4e-3, "weight_decay": 5e-4, "pad": 4, "flip": True,
+        "label_smoothing": 0.1,
+    },
+}
+
+
+# ----------------------------------------------------------------------------- network
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class _Residual(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(c, c), _conv_bn(c, c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class JudgeNet(nn.Module):
+    """ResNet-9-ish: optional stem conv at full resolution, then per stage conv-BN-ReLU + maxpool (+ residual blocks), GAP, linear."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths=(32, 64, 128), blocks: int = 1,
+                 mean=(0.5,), std=(0.5,), stem: bool = True):
+        super().__init__()
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError("mean/std need one value per input channel")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        layers: list[nn.Module] = [_conv_bn(in_channels, widths[0])] if stem else []
+        cin = widths[0] if stem else in_channels
+        for i, w in enumerate(widths):
+            layers += [_conv_bn(cin, w), nn.MaxPool2d(2)]
+            if i != 1:  # like ResNet-9: residual blocks after the first and last stage
+                layers += [_Residual(w) for _ in range(blocks)]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        x = self.features(x)
+        return self.head(torch.flatten(F.adaptive_max_pool2d(x, 1), 1))
+
+
+# ----------------------------------------------------------------------------- the judge
+class Judge:
+    """A trained judge: predict labels of images in [0, 1]; score label-swap outputs."""
+
+    def __init__(self, model: JudgeNet, meta: dict, batch_size: int = 512):
+        self.model = model.eval()
+        self.meta = dict(meta)
+        self.dataset = meta.get("dataset")
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def logits(self, images) -> torch.Tensor:
+        x = _as_images(images, self.model.mean.shape[1])
+        outs = [self.model(x[i:i + self.batch_size]).float() for i in range(0, len(x), self.batch_size)]
+        return torch.cat(outs) if outs else torch.zeros(0, self.model.head.out_features)
+
+    def predict(self, images) -> np.ndarray:
+        """Predicted class per image, int64 [N]."""
+        return self.logits(images).argmax(1).numpy().astype(np.int64)
+
+    def score(self, images, target_labels) -> float:
+        """Share of images classified as their target label (label-swap success rate)."""
+        target = np.asarray(target_labels.cpu() if isinstance(target_labels, torch.Tensor) else target_labels,
+                            dtype=np.int64).reshape(-1)
+        pred = np.asarray(self.predict(images)).reshape(-1)
+        if len(pred) != len(target):
+            raise ValueError(f"{len(pred)} images but {len(target)} target labels")
+        return float((pred == target).mean()) if len(target) else float("nan")
+
+    def accuracy_on(self, dataset) -> float:
+        """Accuracy on a dataset of (image, label) items."""
+        x, y = _tensors_of(dataset)
+        return self.score(x, y)
+
+
+def judge_label_swap(judge: Judge, generated, new_labels) -> float:
+    """Share of label-swapped generations that the judge reads as the NEW label."""
+    return judge.score(generated, new_labels)
+
+
+def load_judge(out_dir: str | os.PathLike) -> Judge:
+    """Rebuild a judge from out_dir/judge.json + judge.safetensors (never unpickles)."""
+    from harness.checkpoint import load_weights_into
+    from harness.io import read_json
+
+    out_dir = Path(out_dir)
+    meta = read_json(out_dir / META_FILE, "judge metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("arch"), dict):
+        raise UserError(f"{out_dir / META_FILE}: expected a JSON object with an 'arch' object")
+    try:
+        model = JudgeNet(**meta["arch"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{out_dir / META_FILE}: bad judge arch {meta['arch']!r}: {e}") from None
+    load_weights_into(model, out_dir / WEIGHTS_FILE, f"judge-{meta.get('dataset', '?')}")
+    return Judge(model, meta)
+
+
+# ----------------------------------------------------------------------------- training
+def train_judge(dataset: str, data_root=None, out_dir=None, epochs: int | None = None, seed: int = 0,
+                threads: int | None = None, max_train_samples: int | None = None, log=print) -> dict:
+    """Train the judge for `dataset` (mnist | cifar10) on its real training split.
+
+    The best epoch by validation accuracy is kept; test accuracy is measured on the real test
+    split. Writes out_dir/judge.safetensors and out_dir/judge.json (default out_dir:
+    runs/judges/<dataset>) and returns the judge.json dict.
+    """
+    from harness.config import get_experiment
+    from harness.data import build_splits
+
+    if dataset not in RECIPES:
+        raise UserError(f"no judge for dataset {dataset!r}: expected one of {', '.join(RECIPES)}")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise UserError(f"invalid setting epochs={epochs!r}: expected a positive integer")
+    recipe = RECIPES[dataset]
+    epochs = epochs or recipe["epochs"]
+    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / "judges" / dataset
+
+    with _threads(threads):
+        t0 = time.perf_counter()
+        cfg = get_experiment(f"cvae-{dataset}")
+        splits = build_splits(cfg, data_root=data_root)
+        data = {k: _tensors_of(splits[k]) for k in ("train", "val", "test")}
+        if max_train_samples:
+            data["train"] = tuple(t[:max_train_samples] for t in data["train"])
+        load_s = time.perf_counter() - t0
+        log(f"judge {dataset}: {len(data['train'][1])} train / {len(data['val'][1])} val / "
+            f"{len(data['test'][1])} test images (loaded in {load_s:.1f}s)")
+
+        torch.manual_seed(seed)
+        model = JudgeNet(**recipe["arch"])
+        fit = _fit(model, data["train"], data["val"], recipe, epochs, seed, log=lambda s: log(f"judge {dataset}: {s}"))
+        judge = Judge(model, {"dataset": dataset, "arch": recipe["arch"]})
+        test_acc = judge.score(*data["test"])
+        seconds = time.perf_counter() - t0
+
+    meta = {
+        "dataset": dataset,
+        "arch": recipe["arch"],
+        "val_acc": fit["best_val_acc"],
+        "test_acc": test_acc,
+        "epochs": epochs,
+        "best_epoch": fit["best_epoch"],
+        "seconds": seconds,
+        "train_seconds": fit["seconds"],
+        "seed": seed,
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "counts": {k: int(len(v[1])) for k, v in data.items()},
+        "recipe": {k: v for k, v in recipe.items() if k != "arch"},
+        "autocast": fit["autocast"],
+        "history": fit["history"],
+        "data_root": str(data_root) if data_root is not None else None,
+        "weights": WEIGHTS_FILE,
+    }
+    _save(out_dir, model, meta)
+    log(f"judge {dataset}: test accuracy {test_acc:.4f} (val {fit['best_val_acc']:.4f}, best epoch "
+        f"{fit['best_epoch']}/{epochs}) in {seconds:.1f}s -> {out_dir}")
+    return meta
+
+
+def _fit(model: JudgeNet, train, val, recipe: dict, epochs: int, seed: int, log=print) -> dict:
+    """AdamW + OneCycle, label smoothing, crop/flip augmentation on tensors; keeps the best epoch by val accuracy."""
+    x_tr, y_tr = train
+    if len(y_tr) == 0:
+        raise UserError("the judge's training split is empty")
+    bs = min(recipe["batch_size"], len(y_tr))
+    steps = epochs * math.ceil(len(y_tr) / bs)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.25)
+    g = torch.Generator().manual_seed(seed)
+    use_bf16 = _bf16_ok()
+    model = model.to(memory_format=torch.channels_last)
+    best = {"acc": -1.0, "epoch": 0, "state": None}
+    history = []
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        te = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(y_tr), generator=g)
+        total, n = 0.0, 0
+        for i in range(0, len(perm), bs):
+            idx = perm[i:i + bs]
+            if len(idx) < 2:  # BatchNorm needs more than one sample
+                continue
+            xb = _augment(x_tr[idx], recipe["pad"], recipe["flip"], g).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16 else nullcontext():
+                loss = F.cross_entropy(model(xb).float(), y_tr[idx], label_smoothing=recipe["label_smoothing"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            n += len(idx)
+        val_acc = Judge(model, {}).score(*val) if len(val[1]) else float("nan")
+        row = {"epoch": epoch, "train_loss": total / max(n, 1), "val_acc": val_acc,
+               "seconds": time.perf_counter() - te}
+        history.append(row)
+        if not len(val[1]) or val_acc > best["acc"]:
+            best = {"acc": val_acc, "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        log(f"epoch {epoch}/{epochs} loss {row['train_loss']:.4f} val_acc {val_acc:.4f} ({row['seconds']:.1f}s)")
+    model.load_state_dict(best["state"])
+    model.eval()
+    return {"best_val_acc": best["acc"], "best_epoch": best["epoch"], "history": history,
+            "seconds": time.perf_counter() - t0, "autocast": "bf16" if use_bf16 else "no"}
+
+
+def _augment(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by `pad` (one offset per image) and optional horizontal flip."""
+    n, _, h, w = x.shape
+    if pad:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+        rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(-1, x.shape[1], -1, w + 2 * pad)
+        xp = torch.gather(xp, 2, rows)
+        cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(-1, x.shape[1], h, -1)
+        x = torch.gather(xp, 3, cols)
+    if flip:
+        mask = torch.rand(n, generator=g) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def _bf16_ok() -> bool:
+    """bf16 autocast on the CPU only where the CPU has native bf16 (it is slower elsewhere)."""
+    if os.environ.get("SEGVAE_JUDGE_BF16", "auto") in ("0", "no", "false"):
+        return False
+    try:
+        return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+                    and _has_cpu_flag("avx512_bf16"))
+    except Exception:  # noqa: BLE001 - capability probing is best effort
+        return False
+
+
+def _has_cpu_flag(flag: str) -> bool:
+    try:
+        return flag in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- helpers
+def _as_images(images, channels: int) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images.detach()
+    x = x.to("cpu", torch.float32)
+    if x.dim() == 3:  # [N, H, W] single-channel
+        x = x[:, None]
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"expected images [N, {channels}, H, W] in [0, 1], got shape {tuple(x.shape)}")
+    return x
+
+
+def _tensors_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack a dataset of (image [C,H,W] float in [0,1], label) items into two tensors."""
+    if len(dataset) == 0:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and isinstance(labels, torch.Tensor):
+        return images.float() / 255.0, labels.long().reshape(-1)  # harness.data.LabelledImages: preloaded uint8
+    loader = torch.utils.data.DataLoader(dataset, batch_size=512, shuffle=False, num_workers=0)
+    xs, ys = [], []
+    for batch in loader:
+        xs.append(torch.as_tensor(batch[0], dtype=torch.float32))
+        ys.append(torch.as_tensor(batch[1]).long().reshape(-1))
+    return torch.cat(xs), torch.cat(ys)
+
+
+@contextmanager
+def _threads(n: int | None):
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _save(out_dir: Path, model: JudgeNet, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    from harness.io import atomic_write, atomic_write_json
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out_dir / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"dataset": meta["dataset"]}))
+    atomic_write_json(out_dir / META_FILE, meta)

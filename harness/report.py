@@ -1,0 +1,723 @@
+"""`segvae report`: rebuild report.html and report.md from saved results (JSON + PNG), no training.
+
+Flow: collect() reads every input once -> section builders turn it into a list of blocks
+(headings, paragraphs, tables, images, code) -> render_html() / render_md() write the SAME
+blocks, so the two reports cannot disagree. Tables are lists of already formatted rows.
+
+Inputs (under runs_dir; JSON only, never unpickled):
+  <run>/config.json + <run>/metrics.json   one per trained run (seeds of one experiment share config name)
+  judges/<dataset>/judge.json              label-swap judges
+  bench.json                               PyTorch vs ONNX Runtime records
+  pipeline.json                            how the whole thing was produced (optional)
+Image paths read from metrics.json must stay inside runs_dir and be PNG files; others are refused.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.io import atomic_write_bytes, atomic_write_text, inside, read_json
+
+DASH = "—"
+ASSETS_DIR = "report_assets"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BASELINE_BACKEND = "torch-eager"
+
+
+# =========================================================================== blocks
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Figure:
+    name: str          # asset file name (safe, unique)
+    png: bytes
+    caption: str = ""
+
+
+@dataclass
+class Block:
+    kind: str          # "h1" | "h2" | "h3" | "p" | "table" | "figure" | "code"
+    content: Any
+
+
+@dataclass
+class Results:
+    runs_dir: Path
+    runs: list[dict] = field(default_factory=list)        # {"dir", "name", "config", "metrics"}
+    judges: dict[str, dict] = field(default_factory=dict)
+    bench: dict | None = None
+    pipeline: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+# =========================================================================== formatting
+def _num(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def fmt(v, digits: int = 4, suffix: str = "") -> str:
+    """A number with fixed decimals; None, NaN, missing or non-numbers become a dash."""
+    x = _num(v)
+    return DASH if x is None else f"{x:.{digits}f}{suffix}"
+
+
+def fmt_pct(v, digits: int = 1) -> str:
+    """A share in [0, 1] as a percentage."""
+    x = _num(v)
+    return DASH if x is None else f"{100 * x:.{digits}f}%"
+
+
+def mean_std(values) -> tuple[float | None, float | None, int]:
+    """Mean and sample standard deviation (n - 1) of the numeric values; std is None for n < 2."""
+    xs = [x for x in (_num(v) for v in values) if x is not None]
+    if not xs:
+        return None, None, 0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def fmt_stat(values, digits: int = 4) -> str:
+    """"mean ± std" over seeds (sample std), or the single value."""
+    m, s, n = mean_std(values)
+    if n == 0:
+        return DASH
+    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _text(v) -> str:
+    return DASH if v is None or v == "" else str(v)
+
+
+def _get(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+# =========================================================================== collect
+def collect(runs_dir: str | os.PathLike) -> Results:
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"runs directory not found: {runs_dir}")
+    res = Results(runs_dir=runs_dir.resolve())
+    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        if not (d / "config.json").is_file():
+            continue
+        try:
+            cfg = read_json(d / "config.json", "run config")
+            metrics = read_json(d / "metrics.json", "run metrics")
+        except UserError as e:
+            res.warnings.append(f"skipped run {d.name}: {e}")
+            continue
+        if not isinstance(cfg, dict) or not isinstance(metrics, dict):
+            res.warnings.append(f"skipped run {d.name}: config.json/metrics.json are not JSON objects")
+            continue
+        res.runs.append({"dir": d, "name": str(cfg.get("name") or d.name), "config": cfg, "metrics": metrics})
+    jroot = runs_dir / "judges"
+    if jroot.is_dir():
+        for d in sorted(p for p in jroot.iterdir() if p.is_dir() and (p / "judge.json").is_file()):
+            try:
+                meta = read_json(d / "judge.json", "judge metadata")
+            except UserError as e:
+                res.warnings.append(str(e))
+                continue
+            if isinstance(meta, dict):
+                res.judges[str(meta.get("dataset") or d.name)] = meta
+    for attr, fname in (("bench", "bench.json"), ("pipeline", "pipeline.json")):
+        if (runs_dir / fname).is_file():
+            try:
+                doc = read_json(runs_dir / fname, fname)
+                setattr(res, attr, doc if isinstance(doc, dict) else None)
+            except UserError as e:
+                res.warnings.append(str(e))
+    return res
+
+
+def groups(res: Results, task: str) -> dict[str, list[dict]]:
+    """Runs of one task grouped by experiment name (seeds of one experiment together), seed-sorted."""
+    out: dict[str, list[dict]] = {}
+    for r in res.runs:
+        if r["config"].get("task", r["metrics"].get("task")) == task:
+            out.setdefault(r["name"], []).append(r)
+    for runs in out.values():
+        runs.sort(key=lambda r: (_num(r["config"].get("seed")) or 0, r["dir"].name))
+    return dict(sorted(out.items()))
+
+
+def read_png(res: Results, run: dict, rel) -> bytes | None:
+    """A PNG named in a run's metrics.json; None (with a warning) if it is missing, not a PNG or
+    points outside runs_dir."""
+    if not isinstance(rel, str) or not rel:
+        return None
+    try:
+        path = inside(res.runs_dir, str(run["dir"].resolve() / rel))  # resolves "..", symlinks, absolute paths
+    except (UserError, ValueError) as e:
+        res.warnings.append(f"{run['dir'].name}: {e}")
+        return None
+    try:
+        data = path.read_bytes() if path.is_file() else None
+    except OSError:
+        data = None
+    if data is None:
+        res.warnings.append(f"{run['dir'].name}: image {rel!r} not found")
+        return None
+    if not data.startswith(PNG_MAGIC):
+        res.warnings.append(f"{run['dir'].name}: {rel!r} is not a PNG file; not embedded")
+        return None
+    return data
+
+
+def _safe_name(*parts: str) -> str:
+    s = "-".join(parts)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:120] + ".png"
+
+
+# =========================================================================== plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png_of(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _curve(runs: list[dict], key) -> tuple[list[int], list[float]]:
+    """Per-epoch mean over seeds of key(history row)."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in runs:
+        for row in r["metrics"].get("history") or []:
+            if not isinstance(row, dict):
+                continue
+            e, v = _num(row.get("epoch")), _num(key(row))
+            if e is not None and v is not None:
+                by_epoch.setdefault(int(e), []).append(v)
+    xs = sorted(by_epoch)
+    return xs, [statistics.fmean(by_epoch[x]) for x in xs]
+
+
+def plot_curves(grouped: dict[str, list[dict]], val_key: str, val_label: str) -> bytes | None:
+    series = {name: (_curve(runs, lambda r: r.get("train_loss")), _curve(runs, lambda r: _get(r, "val", val_key)))
+              for name, runs in grouped.items()}
+    if not any(t[0] or v[0] for t, v in series.values()):
+        return None
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, ((tx, ty), (vx, vy)) in series.items():
+        if tx:
+            a.plot(tx, ty, marker=".", label=name)
+        if vx:
+            b.plot(vx, vy, marker=".", label=name)
+    a.set(title="train loss", xlabel="epoch")
+    b.set(title=val_label, xlabel="epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _png_of(fig)
+
+
+def plot_throughput(records: list[dict]) -> bytes | None:
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r.get("scenario") == "offline" and _num(r.get("batch_size")) and _num(r.get("samples_per_s")) is not None:
+            lines.setdefault(_label(r), []).append((float(r["batch_size"]), float(r["samples_per_s"])))
+    if not lines:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, pts in sorted(lines.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="batch size", ylabel="samples/s", title="offline throughput vs batch size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png_of(fig)
+
+
+def plot_latency(records: list[dict]) -> bytes | None:
+    bars = [(_label(r), [_num(_get(r, "latency_ms", p)) for p in ("p50", "p90", "p99")])
+            for r in _single_stream(records)]
+    bars = [(n, v) for n, v in bars if any(x is not None for x in v)]
+    if not bars:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(bars)), 3.6))
+    width = 0.27
+    for i, pct in enumerate(("p50", "p90", "p99")):
+        ax.bar([j + (i - 1) * width for j in range(len(bars))], [v[i] or 0.0 for _, v in bars], width, label=pct)
+    ax.set_xticks(range(len(bars)), [n for n, _ in bars], rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="ms", title="single-stream latency (batch 1)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    return _png_of(fig)
+
+
+# =========================================================================== tables
+def unet_table(grouped: dict[str, list[dict]]) -> Table:
+    cols = ["experiment", "down", "up", "loss", "seeds (n)", "test Dice", "test IoU", "test Dice (per-image mean)",
+            "val Dice", "train time (s)", "s/epoch", "epochs run", "best epoch"]
+    rows = []
+    for name, runs in grouped.items():
+        cfg, ms = runs[0]["config"], [r["metrics"] for r in runs]
+        rows.append([
+            name, _text(_get(cfg, "model", "down")), _text(_get(cfg, "model", "up")), _text(cfg.get("loss")),
+            f"{', '.join(str(r['config'].get('seed', '?')) for r in runs)} ({len(runs)})",
+            fmt_stat([_get(m, "test", "dice") for m in ms]),
+            fmt_stat([_get(m, "test", "iou") for m in ms]),
+            fmt_stat([_get(m, "test", "dice_mean") for m in ms]),
+            fmt_stat([_get(m, "val", "dice") for m in ms]),
+            fmt_stat([m.get("train_seconds") for m in ms], 1),
+            fmt_stat([m.get("seconds_per_epoch") for m in ms], 2),
+            fmt_stat([m.get("epochs_run") for m in ms], 1),
+            fmt_stat([m.get("best_epoch") for m in ms], 1),
+        ])
+    return Table(cols, rows, "test split; mean ± sample std over seeds where n > 1")
+
+
+def cvae_table(grouped: dict[str, list[dict]]) -> Table:
+    cols = ["experiment", "dataset", "seeds (n)", "test ELBO (nats)", "test NLL", "test KL", "bits/dim",
+            "recon MAE", "judge acc, true-label recon", "train time (s)", "epochs run"]
+    rows = []
+    for name, runs in grouped.items():
+        cfg, ms = runs[0]["config"], [r["metrics"] for r in runs]
+        rows.append([
+            name, _text(cfg.get("dataset")),
+            f"{', '.join(str(r['config'].get('seed', '?')) for r in runs)} ({len(runs)})",
+            fmt_stat([_get(m, "test", "elbo") for m in ms], 2),
+            fmt_stat([_get(m, "test", "nll") for m in ms], 2),
+            fmt_stat([_get(m, "test", "kl") for m in ms], 2),
+            fmt_stat([_get(m, "test", "bpd") for m in ms], 3),
+            fmt_stat([_get(m, "recon", "mae") for m in ms], 4),
+            fmt_stat([_get(m, "recon", "judge_acc_true_label") for m in ms], 3),
+            fmt_stat([m.get("train_seconds") for m in ms], 1),
+            fmt_stat([m.get("epochs_run") for m in ms], 1),
+        ])
+    return Table(cols, rows, "test split; ELBO is per image in nats (higher is better); mean ± sample std over seeds")
+
+
+def judge_table(res: Results) -> Table:
+    cols = ["dataset", "judge test acc (real images)", "judge val acc", "epochs", "train time (s)"]
+    rows = [[ds, fmt_pct(j.get("test_acc")), fmt_pct(j.get("val_acc")), _text(j.get("epochs")),
+             fmt(j.get("seconds"), 1)] for ds, j in sorted(res.judges.items())]
+    return Table(cols, rows)
+
+
+def swap_table(res: Results, cvae_groups: dict[str, list[dict]]) -> Table:
+    """Label-swap success (share of swapped images the judge reads as the NEW label) per backend."""
+    cols = ["experiment", "dataset", "judge acc on real test images", "backend", "precision", "label-swap success"]
+    rows = []
+    datasets = {name: runs[0]["config"].get("dataset") for name, runs in cvae_groups.items()}
+    seen = set()
+    for r in _records(res):
+        if r.get("task") != "cvae" or r.get("judge_acc") is None:
+            continue
+        key = (r.get("experiment"), r.get("backend"), r.get("precision"))
+        if key in seen:
+            continue
+        seen.add(key)
+        ds = datasets.get(r.get("experiment"))
+        rows.append([_text(r.get("experiment")), _text(ds), fmt_pct(_get(res.judges, ds, "test_acc")),
+                     _text(r.get("backend")), _text(r.get("precision")), fmt_pct(r.get("judge_acc"))])
+    for name, runs in cvae_groups.items():  # PyTorch figure from training (the 25 grid images)
+        ms = [r["metrics"] for r in runs]
+        if any(_get(m, "judge", "grid_swap_acc") is not None for m in ms):
+            ds = datasets.get(name)
+            rows.append([name, _text(ds), fmt_pct(_get(res.judges, ds, "test_acc")), "grid (25 images, PyTorch)",
+                         "fp32", fmt_stat([100 * x for x in (_num(_get(m, "judge", "grid_swap_acc")) for m in ms)
+                                           if x is not None], 1) + "%"])
+    return Table(cols, rows, "success = share of label-swapped outputs the judge classifies as the new label "
+                             "(chance 10%)")
+
+
+def swap_labels_table(labels, classes: tuple[str, ...] | None) -> Table | None:
+    """The grid's (true -> wrong) labels laid out 5 per row, like the grid."""
+    if not isinstance(labels, list) or not labels:
+        return None
+
+    def name(v):
+        if classes and isinstance(v, int) and 0 <= v < len(classes):
+            return classes[v]
+        return _text(v)
+
+    cells = []
+    for pair in labels:
+        if isinstance(pair, (list, tuple)) and len(pair) == 2:
+            cells.append(f"{name(pair[0])} → {name(pair[1])}")
+        else:
+            cells.append(DASH)
+    width = 5
+    rows = [cells[i:i + width] + [""] * (width - len(cells[i:i + width])) for i in range(0, len(cells), width)]
+    return Table([f"col {i + 1}" for i in range(width)], rows, "true label → label the image was decoded with")
+
+
+def _records(res: Results) -> list[dict]:
+    recs = (res.bench or {}).get("results") or []
+    # per-rank offline records of a multi-process bench are summed into a rank=None record: keep those
+    return [r for r in recs if isinstance(r, dict) and r.get("rank") is None]
+
+
+def _label(r: dict) -> str:
+    return f"{r.get('backend', '?')} ({r.get('precision', '?')})"
+
+
+def _single_stream(records: list[dict]) -> list[dict]:
+    out: dict[tuple, dict] = {}
+    for r in records:
+        if r.get("scenario") == "single-stream":
+            out.setdefault((r.get("backend"), r.get("precision")), r)
+    return list(out.values())
+
+
+def bench_groups(res: Results) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in _records(res):
+        key = str(r.get("experiment") or r.get("run") or "?")
+        if r.get("run") and r.get("run") != r.get("experiment"):
+            key = f"{key} (run {r['run']})"
+        out.setdefault(key, []).append(r)
+    return dict(sorted(out.items()))
+
+
+def bench_table(records: list[dict]) -> Table:
+    """One row per (backend, precision): latency, throughput per batch size, % of peak, accuracy, speed-up."""
+    batch_sizes = sorted({int(r["batch_size"]) for r in records
+                          if r.get("scenario") == "offline" and _num(r.get("batch_size"))})
+    by_backend: dict[tuple, list[dict]] = {}
+    for r in records:
+        by_backend.setdefault((r.get("backend"), r.get("precision")), []).append(r)
+    base = by_backend.get((BASELINE_BACKEND, "fp32")) or next(
+        (v for k, v in by_backend.items() if k[0] == BASELINE_BACKEND), None)
+    task = next((r.get("task") for r in records if r.get("task")), None)
+
+    def offline(rs, bs):
+        return next((r for r in rs if r.get("scenario") == "offline" and _num(r.get("batch_size")) == bs), None)
+
+    def best_thr(rs):
+        vals = [_num(r.get("samples_per_s")) for r in rs if r.get("scenario") == "offline"]
+        return max((v for v in vals if v is not None), default=None)
+
+    def ss(rs):
+        return next((r for r in rs if r.get("scenario") == "single-stream"), None)
+
+    base_p50 = _num(_get(ss(base or []), "latency_ms", "p50"))
+    base_thr = best_thr(base or [])
+    acc_cols = ["Dice", "Dice Δ vs eager"] if task == "segmentation" else ["max |Δ| vs eager", "judge (swap)"]
+    cols = (["backend", "precision", "p50 ms", "p90 ms", "p99 ms"]
+            + [f"samples/s @bs{b}" for b in batch_sizes]
+            + ["best % of peak", *acc_cols, "speed-up p50", "speed-up best throughput", "peak RSS MB"])
+    rows = []
+    for (backend, precision), rs in by_backend.items():
+        s = ss(rs)
+        lat = (s or {}).get("latency_ms")
+        pcts = [_num(r.get("pct_of_peak")) for r in rs]
+        pct = max((p for p in pcts if p is not None), default=None)
+        acc = next((r for r in rs if any(r.get(k) is not None for k in
+                                         ("dice", "dice_delta", "max_abs_err", "judge_acc"))), {})
+        if task == "segmentation":
+            acc_vals = [fmt(acc.get("dice"), 4), fmt(acc.get("dice_delta"), 4)]
+        else:
+            me = _num(acc.get("max_abs_err"))
+            acc_vals = [DASH if me is None else f"{me:.2e}", fmt_pct(acc.get("judge_acc"))]
+        p50 = _num(_get(lat, "p50"))
+        thr = best_thr(rs)
+        rss = [_num(r.get("peak_rss_mb")) for r in rs]
+        rows.append([
+            _text(backend), _text(precision), fmt(p50, 2), fmt(_get(lat, "p90"), 2), fmt(_get(lat, "p99"), 2),
+            *[fmt((offline(rs, b) or {}).get("samples_per_s"), 1) for b in batch_sizes],
+            fmt(pct, 1, "%"), *acc_vals,
+            fmt(base_p50 / p50, 2, "×") if base_p50 and p50 else DASH,
+            fmt(thr / base_thr, 2, "×") if base_thr and thr else DASH,
+            fmt(max((x for x in rss if x is not None), default=None), 0),
+        ])
+    return Table(cols, rows, f"latency: single-stream, batch 1; speed-up vs {BASELINE_BACKEND}")
+
+
+def server_table(records: list[dict]) -> Table | None:
+    rs = [r for r in records if r.get("scenario") == "server"]
+    if not rs:
+        return None
+    cols = ["backend", "precision", "target rate (q/s)", "achieved rate (q/s)", "p99 ms", "latency bound ms", "bound met"]
+    rows = [[_text(r.get("backend")), _text(r.get("precision")), fmt(r.get("target_rate"), 1),
+             fmt(r.get("achieved_rate"), 1), fmt(_get(r, "latency_ms", "p99"), 2), fmt(r.get("latency_bound_ms"), 1),
+             DASH if r.get("bound_met") is None else ("yes" if r.get("bound_met") else "no")] for r in rs]
+    return Table(cols, rows, "server scenario: Poisson arrivals at the target rate")
+
+
+def env_table(res: Results) -> Table | None:
+    env = (res.bench or {}).get("env")
+    peak = (res.bench or {}).get("peak")
+    rows = []
+    if isinstance(env, dict):
+        for k, v in env.items():
+            if k in ("command", "argv", "command_line"):
+                continue
+            rows.append([str(k), _text(v if not isinstance(v, (list, dict)) else _compact(v))])
+    if isinstance(peak, dict):
+        for k, v in peak.items():
+            rows.append([f"peak {k}", fmt(v, 1) if _num(v) is not None else _text(_compact(v))])
+    return Table(["item", "value"], rows) if rows else None
+
+
+def _compact(v) -> str:
+    import json
+
+    return json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else str(v)
+
+
+# =========================================================================== sections
+def build_blocks(res: Results, figures: list[Figure]) -> list[Block]:
+    blocks: list[Block] = [Block("h1", "segvae-bench report"),
+                           Block("p", f"Built from saved results in {res.runs_dir.name}/ "
+                                      f"({len(res.runs)} runs). Nothing was retrained.")]
+    unets, cvaes = groups(res, "segmentation"), groups(res, "cvae")
+    blocks += _unet_section(res, unets, figures)
+    blocks += _cvae_section(res, cvaes, figures)
+    blocks += _judge_section(res, cvaes)
+    blocks += _bench_section(res, figures)
+    blocks += _reproduce_section(res)
+    if res.warnings:
+        blocks += [Block("h2", "Warnings"), Block("code", "\n".join(res.warnings))]
+    return blocks
+
+
+def _figure(figures: list[Figure], name: str, png: bytes | None, caption: str) -> list[Block]:
+    if png is None:
+        return []
+    fig = Figure(_safe_name(name), png, caption)
+    figures.append(fig)
+    return [Block("figure", fig)]
+
+
+def _unet_section(res: Results, unets: dict, figures: list[Figure]) -> list[Block]:
+    blocks = [Block("h2", "Segmentation: UNet variants (Oxford-IIIT Pet)")]
+    if not unets:
+        return blocks + [Block("p", "Not run: no segmentation runs found.")]
+    blocks.append(Block("table", unet_table(unets)))
+    blocks += _figure(figures, "unet-curves", plot_curves(unets, "dice", "val Dice"),
+                      "train loss and validation Dice per epoch (mean over seeds)")
+    blocks.append(Block("h3", "Test overlays"))
+    for name, runs in unets.items():
+        for r in runs:
+            png = read_png(res, r, _get(r["metrics"], "samples", "overlays"))
+            blocks += _figure(figures, f"overlay-{r['dir'].name}", png,
+                              f"{name}, seed {r['config'].get('seed', '?')}: test predictions")
+    return blocks
+
+
+def _cvae_section(res: Results, cvaes: dict, figures: list[Figure]) -> list[Block]:
+    blocks = [Block("h2", "Conditional VAEs (MNIST, CIFAR-10)")]
+    if not cvaes:
+        return blocks + [Block("p", "Not run: no CVAE runs found.")]
+    blocks.append(Block("table", cvae_table(cvaes)))
+    blocks += _figure(figures, "cvae-curves", plot_curves(cvaes, "elbo", "val ELBO"),
+                      "train loss and validation ELBO per epoch (mean over seeds)")
+    for name, runs in cvaes.items():
+        r = runs[0]
+        samples = r["metrics"].get("samples")
+        samples = samples if isinstance(samples, dict) else {}
+        blocks.append(Block("h3", f"Label swap: {name} (seed {r['config'].get('seed', '?')})"))
+        blocks.append(Block("p", "Each image is encoded with its TRUE label and decoded with a WRONG one."))
+        fig = read_png(res, r, samples.get("figure"))
+        if fig is not None:
+            blocks += _figure(figures, f"swap-figure-{r['dir'].name}", fig, f"{name}: sources and 5x5 label-swap grid")
+        else:
+            blocks += _figure(figures, f"swap-sources-{r['dir'].name}", read_png(res, r, samples.get("sources")),
+                              f"{name}: source images")
+            blocks += _figure(figures, f"swap-grid-{r['dir'].name}", read_png(res, r, samples.get("grid")),
+                              f"{name}: 5x5 label-swap grid")
+        t = swap_labels_table(samples.get("labels"), _classes(r["config"].get("dataset")))
+        if t is not None:
+            blocks.append(Block("table", t))
+    return blocks
+
+
+def _classes(dataset) -> tuple[str, ...] | None:
+    if dataset == "cifar10":
+        try:
+            from harness.data import CIFAR10_CLASSES
+        except Exception:  # noqa: BLE001 - names are cosmetic
+            return None
+        return tuple(CIFAR10_CLASSES)
+    return None
+
+
+def _judge_section(res: Results, cvaes: dict) -> list[Block]:
+    blocks = [Block("h2", "Judge scores")]
+    if not res.judges:
+        blocks.append(Block("p", "Judges: not run (no judges/<dataset>/judge.json)."))
+    else:
+        blocks.append(Block("p", "A small CNN per dataset, trained on the real training split; its accuracy on "
+                                 "real test images bounds what a label swap can score."))
+        blocks.append(Block("table", judge_table(res)))
+    t = swap_table(res, cvaes)
+    if t.rows:
+        blocks.append(Block("table", t))
+    else:
+        blocks.append(Block("p", "Label-swap scores: not run (no judged CVAE bench records)."))
+    return blocks
+
+
+def _bench_section(res: Results, figures: list[Figure]) -> list[Block]:
+    blocks = [Block("h2", "PyTorch vs ONNX Runtime")]
+    if res.bench is None:
+        return blocks + [Block("p", "Benchmark: not run (no bench.json).")]
+    bg = bench_groups(res)
+    if not bg:
+        blocks.append(Block("p", "Benchmark: not run (bench.json has no results)."))
+    for name, recs in bg.items():
+        blocks.append(Block("h3", name))
+        blocks.append(Block("table", bench_table(recs)))
+        st = server_table(recs)
+        if st is not None:
+            blocks.append(Block("table", st))
+        blocks += _figure(figures, f"bench-throughput-{name}", plot_throughput(recs), f"{name}: throughput vs batch size")
+        blocks += _figure(figures, f"bench-latency-{name}", plot_latency(recs), f"{name}: latency percentiles")
+    skipped = res.bench.get("skipped") or {}
+    blocks.append(Block("h3", "Skipped backends"))
+    if isinstance(skipped, dict) and skipped:
+        blocks.append(Block("table", Table(["backend", "reason"], [[str(k), _text(v)] for k, v in skipped.items()])))
+    else:
+        blocks.append(Block("p", "None."))
+    return blocks
+
+
+def _reproduce_section(res: Results) -> list[Block]:
+    blocks = [Block("h2", "Environment and reproduction")]
+    et = env_table(res)
+    blocks.append(Block("table", et) if et else Block("p", "Environment: not recorded (no bench.json env)."))
+    env = (res.bench or {}).get("env") or {}
+    cmd = next((env.get(k) for k in ("command", "argv", "command_line") if env.get(k)), None) \
+        if isinstance(env, dict) else None
+    if cmd:
+        blocks += [Block("p", "Bench command:"), Block("code", " ".join(map(str, cmd)) if isinstance(cmd, list) else str(cmd))]
+    p = res.pipeline
+    blocks.append(Block("h3", "Reproduce"))
+    if not p:
+        return blocks + [Block("p", "Pipeline: not run (no pipeline.json).")]
+    blocks.append(Block("p", f"preset {_text(p.get('preset'))}, data root {_text(p.get('data_root'))}, "
+                             f"wall time {fmt(p.get('wall_seconds'), 1)} s"))
+    cmds = p.get("commands") or []
+    if isinstance(cmds, list) and cmds:
+        blocks.append(Block("code", "\n".join(str(c) for c in cmds)))
+    return blocks
+
+
+# =========================================================================== render
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}caption{caption-side:bottom;
+font-size:12px;color:#666;text-align:left}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
+figcaption{font-size:12px;color:#555}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}"""
+
+
+def render_html(blocks: list[Block]) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           "<title>segvae-bench report</title>", f"<style>{CSS}</style>", "</head>", "<body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append(f"<{b.kind}>{e(b.content)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{e(b.content)}</p>")
+        elif b.kind == "code":
+            out.append(f"<pre><code>{e(b.content)}</code></pre>")
+        elif b.kind == "table":
+            t: Table = b.content
+            out.append("<table>")
+            if t.caption:
+                out.append(f"<caption>{e(t.caption)}</caption>")
+            out.append("<thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in t.columns) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in t.rows]
+            out.append("</tbody></table>")
+        elif b.kind == "figure":
+            f: Figure = b.content
+            data = base64.b64encode(f.png).decode("ascii")
+            out.append(f'<figure><img alt="{e(f.caption)}" src="data:image/png;base64,{data}">'
+                       f"<figcaption>{e(f.caption)}</figcaption></figure>")
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+def _md_cell(s: str) -> str:
+    return _md_text(s).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def _md_text(s) -> str:
+    """Markdown viewers render raw HTML: neutralise it in text that came from files."""
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_md(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out += ["#" * int(b.kind[1]) + " " + _md_cell(b.content), ""]
+        elif b.kind == "p":
+            out += [_md_text(b.content), ""]
+        elif b.kind == "code":
+            fence = "````" if "```" in str(b.content) else "```"
+            out += [fence, str(b.content), fence, ""]
+        elif b.kind == "table":
+            t: Table = b.content
+            out.append("| " + " | ".join(_md_cell(c) for c in t.columns) + " |")
+            out.append("|" + "|".join("---" for _ in t.columns) + "|")
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+            out += [""] + ([f"*{_md_cell(t.caption)}*", ""] if t.caption else [])
+        elif b.kind == "figure":
+            f: Figure = b.content
+            alt = _md_cell(f.caption).replace("[", "(").replace("]", ")")
+            out += [f"![{alt}]({ASSETS_DIR}/{f.name})", ""]
+    return "\n".join(out)
+
+
+def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Write report.html (self-contained) and report.md (+ report_assets/*.png) into out_dir (default runs_dir)."""
+    res = collect(runs_dir)
+    out = Path(out_dir) if out_dir is not None else Path(runs_dir)
+    figures: list[Figure] = []
+    blocks = build_blocks(res, figures)
+    names = [f.name for f in figures]
+    for i, f in enumerate(figures):  # make asset names unique
+        if names.count(f.name) > 1:
+            f.name = f.name[:-4] + f"-{i}.png"
+    assets = out / ASSETS_DIR
+    assets.mkdir(parents=True, exist_ok=True)
+    for f in figures:
+        atomic_write_bytes(assets / f.name, f.png)
+    keep = {f.name for f in figures}
+    for old in assets.glob("*.png"):  # drop images of a previous build that are no longer referenced
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+    paths = {"html": atomic_write_text(out / "report.html", render_html(blocks)),
+             "md": atomic_write_text(out / "report.md", render_md(blocks)),
+             "assets": assets}
+    print(f"segvae report: {paths['html']} and {paths['md']} ({len(figures)} images)", flush=True)
+    return paths
