@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, asdict
 from typing import Any
 
@@ -18,6 +19,7 @@ DATASETS = {"pets": "segmentation", "mnist": "cvae", "cifar10": "cvae"}
 LOSSES = {"segmentation": ("bce", "dice"), "cvae": ("elbo",)}
 PRECISIONS = ("no", "fp16", "bf16")
 SCHEDULES = ("onecycle", "cosine", "constant")
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # experiment names end up in file and folder names
 
 
 @dataclass
@@ -34,6 +36,7 @@ class ExperimentConfig:
     schedule: str = "onecycle"
     image_size: int = 128          # segmentation only; CVAEs use the dataset's native size
     mixed_precision: str = "no"
+    channels_last: bool = True     # NHWC activations: oneDNN's fast conv layout on CPUs, tensor cores on GPUs
     seed: int = 0
     val_fraction: float = 0.15     # carved from the training split with a fixed seed (split_seed)
     split_seed: int = 1234
@@ -48,6 +51,8 @@ class ExperimentConfig:
         def bad(arg, msg):
             raise UserError(f"invalid setting {arg}={getattr(self, arg.lstrip('-').replace('-', '_'), None)!r}: {msg}")
 
+        if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name) or set(self.name) == {"."}:
+            bad("name", "expected letters, digits, '.', '_' or '-' only (no path separators)")
         if self.task not in TASKS:
             bad("task", f"expected one of {TASKS}")
         if DATASETS.get(self.dataset) != self.task:

@@ -80,11 +80,15 @@ def dequantize(x: torch.Tensor, noise: bool) -> torch.Tensor:
     return (x * 255 + u) / 256
 
 
+def to_layout(cfg: ExperimentConfig, x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last and x.dim() == 4 else x
+
+
 def train_loss(cfg: ExperimentConfig, model, batch) -> torch.Tensor:
     if cfg.task == "segmentation":
-        image, mask = batch[0], batch[1]
+        image, mask = to_layout(cfg, batch[0]), batch[1]
         return SEGMENTATION_LOSSES[cfg.loss](model(image), mask)
-    x, y = batch[0], batch[1]
+    x, y = to_layout(cfg, batch[0]), batch[1]
     x = dequantize(x, noise=True)
     out = model(x, y)
     return elbo_terms(x, out, _unwrap(model).log_scale, cfg.kl_weight)["loss"]
@@ -108,6 +112,7 @@ def evaluate(cfg: ExperimentConfig, model, loader, accelerator=None) -> dict[str
         eps_table = eval_noise(len(loader.dataset), cfg.model.get("latent_dim", 16))
     for batch in loader:
         x, y, idx = batch
+        x = to_layout(cfg, x)
         if cfg.task == "segmentation":
             logits = model(x)
             s = seg_stats(logits, y)
@@ -203,6 +208,8 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
     splits = build_splits(cfg, data_root, download=download)
     train_loader, sampler, eval_loaders = make_loaders(cfg, splits)
     model = build_model(cfg.task, cfg.model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
         model, optimizer, train_loader, eval_loaders["val"], eval_loaders["test"])
@@ -378,10 +385,16 @@ def _verify_checkpoint(ckpt: Path):
     """
     from accelerate.utils.other import load
 
+    from safetensors import safe_open
+
     for f in sorted(ckpt.iterdir()):
-        if f.suffix in (".bin", ".pkl", ".pt", ".pth"):
+        if f.suffix in (".bin", ".pkl", ".pt", ".pth", ".safetensors"):
             try:
-                load(str(f), map_location="cpu", weights_only=True)
+                if f.suffix == ".safetensors":
+                    with safe_open(str(f), framework="pt"):
+                        pass
+                else:
+                    load(str(f), map_location="cpu", weights_only=True)
             except Exception as e:
                 raise UserError(f"refusing checkpoint file {f}: it is not a plain weights/state file "
                                 f"({type(e).__name__}); pickled code is never executed") from None
