@@ -231,15 +231,7 @@ FORBIDDEN = {
     "load_state without weights_only": re.compile(r"\.load_state\((?!.*weights_only['\"]?\s*:\s*True)"),
 }
 # (file, rule) -> why it is acceptable
-ALLOWED = {
-    ("harness/bench/runner.py", "np.load without allow_pickle=False"):
-        "numpy >= 1.16.3 defaults to allow_pickle=False; the .npy files are ones the bench wrote itself",
-}
-# known violations in files this test's author may not edit; tracked by the xfail test below
-PENDING = {
-    ("harness/bench/runner.py", "pickle load"):
-        "bench worker IPC pickles (name, jobs, settings) and results through its scratch folder",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _scan() -> list[tuple[str, int, str, str]]:
@@ -256,7 +248,7 @@ def _scan() -> list[tuple[str, int, str, str]]:
 
 
 def test_static_no_unpickling_or_eval_in_sources():
-    bad = [h for h in _scan() if (h[0], h[2]) not in ALLOWED and (h[0], h[2]) not in PENDING]
+    bad = [h for h in _scan() if (h[0], h[2]) not in ALLOWED]
     assert not bad, "unsafe loading in the package sources:\n" + "\n".join(f"{f}:{i}: [{r}] {s}" for f, i, r, s in bad)
 
 
@@ -269,13 +261,6 @@ def test_static_scanner_catches_what_it_should():
     for s in ["model.eval()", "yaml.safe_load(f)", "np.load(p, allow_pickle=False)", "json.loads(s)",
               'acc.load_state(d, load_kwargs={"weights_only": True})']:
         assert not any(rx.search(s) for rx in FORBIDDEN.values()), s
-
-
-@pytest.mark.xfail(reason="harness/bench/runner.py _isolated/_subprocess_main pass jobs and results as pickles; "
-                          "switch them to JSON (+ .npy with allow_pickle=False for arrays)", strict=False)
-def test_static_bench_worker_reads_no_pickle():
-    bad = [h for h in _scan() if (h[0], h[2]) in PENDING]
-    assert not bad, "\n".join(f"{f}:{i}: [{r}] {s}" for f, i, r, s in bad)
 
 
 # ----------------------------------------------------------------------------- 3. secrets

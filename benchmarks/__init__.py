@@ -1,0 +1,1 @@
+"""pytest-benchmark suite: `pytest benchmarks --benchmark-json=out.json` (see conftest.py)."""
