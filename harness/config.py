@@ -42,6 +42,9 @@ class ExperimentConfig:
     split_seed: int = 1234
     augment: bool = True
     kl_weight: float = 1.0         # CVAE: 1.0 is the plain ELBO objective
+    kl_warmup_epochs: float = 0.0  # CVAE: ramp the KL weight linearly from 0 over these epochs
+    log_scale_lr_mult: float = 1.0 # CVAE: the likelihood's log-scale learns this much faster (Adam
+                                   # moves it ~lr per step, too slowly to follow the reconstructions)
     max_train_samples: int | None = None
     num_workers: int = 0
     early_stop_patience: int | None = None  # epochs without val improvement before stopping
@@ -134,7 +137,7 @@ def _cvae(name: str, dataset: str, in_channels: int, image_size: int, latent: in
         model={"in_channels": in_channels, "image_size": image_size, "num_classes": 10,
                "latent_dim": latent, "hidden_channels": hidden, "embed_dim": 32},
         epochs=epochs, batch_size=128, lr=2e-3, image_size=image_size, augment=False,
-        kl_weight=kl_weight, early_stop_patience=5,
+        kl_weight=kl_weight, kl_warmup_epochs=2, log_scale_lr_mult=25.0, early_stop_patience=5,
     )
 
 

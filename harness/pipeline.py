@@ -42,9 +42,9 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "A quick CPU look (README's first command): the embedded sample, small widths, short runs; "
         "about 10-15 minutes on 2 cores.",
-        segmentation={"epochs": 12, "image_size": 96, "batch_size": 8, "lr": 3e-3},
-        cvae={"epochs": 8, "batch_size": 64, "early_stop_patience": None},
-        unet_channels=16, cvae_channels=32, judge_epochs=6,
+        segmentation={"epochs": 25, "image_size": 128, "batch_size": 8, "lr": 3e-3},
+        cvae={"epochs": 20, "batch_size": 64, "early_stop_patience": None},
+        unet_channels=16, cvae_channels=32, judge_epochs=10,
         bench={"batch_sizes": [1, 8], "min_queries": 10, "min_duration": 0.5, "warmup": 2,
                "accuracy_samples": 200, "backends": ["torch-eager", "torch-bf16", "ort-fp32", "ort-int8"]},
     ),
@@ -138,7 +138,7 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
     t = time.perf_counter()
     bench_cfg = BenchConfig(**p.bench)
     judge_fns = {ds: _judge_fn(j) for ds, j in judges.items()}
-    run_bench(primary, bench_cfg, data_root=root, out=out / "bench.json", argv=None, judge_fns=judge_fns)
+    run_bench(primary, bench_cfg, data_root=root, out=out / "bench.json", argv=sys.argv, judge_fn=judge_fns)
     commands.append("segvae bench " + " ".join(shlex.quote(str(r)) for r in primary)
                     + f" --data-root {shlex.quote(str(root))} --out {shlex.quote(str(out / 'bench.json'))}")
     stage_seconds["bench"] = time.perf_counter() - t

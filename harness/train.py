@@ -84,14 +84,16 @@ def to_layout(cfg: ExperimentConfig, x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last and x.dim() == 4 else x
 
 
-def train_loss(cfg: ExperimentConfig, model, batch) -> torch.Tensor:
+def train_loss(cfg: ExperimentConfig, model, batch, progress: float = 1e9) -> torch.Tensor:
+    """progress = epochs done (fractional); only the CVAE's KL warm-up reads it."""
     if cfg.task == "segmentation":
         image, mask = to_layout(cfg, batch[0]), batch[1]
         return SEGMENTATION_LOSSES[cfg.loss](model(image), mask)
     x, y = to_layout(cfg, batch[0]), batch[1]
     x = dequantize(x, noise=True)
     out = model(x, y)
-    return elbo_terms(x, out, _unwrap(model).log_scale, cfg.kl_weight)["loss"]
+    warm = min(1.0, progress / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs > 0 else 1.0
+    return elbo_terms(x, out, _unwrap(model).log_scale, cfg.kl_weight * warm)["loss"]
 
 
 def _unwrap(model):
@@ -210,7 +212,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
     model = build_model(cfg.task, cfg.model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(cfg, model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
         model, optimizer, train_loader, eval_loaders["val"], eval_loaders["test"])
     steps_per_epoch = len(train_loader)
@@ -249,8 +251,8 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         total, count = torch.zeros((), dtype=torch.float64), 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not accelerator.is_local_main_process, mininterval=2.0)
-        for batch in bar:
-            loss = train_loss(cfg, model, batch)
+        for i, batch in enumerate(bar):
+            loss = train_loss(cfg, model, batch, epoch + i / steps_per_epoch)
             _stop_if_not_finite(accelerator, loss, state["step"], epoch, ckpt_dir)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
@@ -326,10 +328,21 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
     return metrics
 
 
+def param_groups(cfg: ExperimentConfig, model) -> list[dict]:
+    """The CVAE's likelihood log-scale in its own group (lr x log_scale_lr_mult, no weight decay)."""
+    special = [p for n, p in model.named_parameters() if n == "log_scale"]
+    rest = [p for n, p in model.named_parameters() if n != "log_scale"]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if special:
+        groups.append({"params": special, "lr": cfg.lr * cfg.log_scale_lr_mult, "weight_decay": 0.0})
+    return groups
+
+
 def _make_scheduler(cfg: ExperimentConfig, optimizer, steps_per_epoch: int):
     total = max(cfg.epochs * steps_per_epoch, 1)
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total + 1,
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total + 1,
                                                    pct_start=0.15)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)

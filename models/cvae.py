@@ -31,7 +31,8 @@ class LabelShift(nn.Module):
 
 class CVAE(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
-                 latent_dim: int = 16, hidden_channels: int = 32, embed_dim: int = 32):
+                 latent_dim: int = 16, hidden_channels: int = 32, embed_dim: int = 32,
+                 log_scale_init: float = 0.0):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {image_size}")
@@ -54,7 +55,9 @@ class CVAE(nn.Module):
             LabelShift(h, h, embed_dim, up=True),
         ])
         self.to_image = nn.Conv2d(h, in_channels, 3, 1, 1)
-        self.log_scale = nn.Parameter(torch.zeros(()))
+        # Learned scalar log-scale of the Gaussian likelihood. Starting it low (e.g. -2, sigma 0.14)
+        # makes reconstruction matter from the first step, which keeps the decoder from ignoring z.
+        self.log_scale = nn.Parameter(torch.tensor(float(log_scale_init)))
 
     def check_labels(self, y: torch.Tensor):
         """Eager-mode guard with a clear message (nn.Embedding's own error names no class count)."""

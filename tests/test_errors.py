@@ -212,9 +212,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_root, tmp_
     real_loss, calls = T.train_loss, {"n": 0}
     steps_per_epoch = 2  # 10 train images, batch 4, drop_last
 
-    def poisoned(cfg, model, batch):
+    def poisoned(cfg, model, batch, *args):
         calls["n"] += 1
-        loss = real_loss(cfg, model, batch)
+        loss = real_loss(cfg, model, batch, *args)
         return loss * float("nan") if calls["n"] == steps_per_epoch + 1 else loss
 
     monkeypatch.setattr(T, "train_loss", poisoned)
