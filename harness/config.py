@@ -146,8 +146,8 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
     "unet-mp-tr-dice": _unet("unet-mp-tr-dice", "maxpool", "transpose", "dice"),
     "unet-sc-tr-bce": _unet("unet-sc-tr-bce", "strided", "transpose", "bce"),
     "unet-sc-up-dice": _unet("unet-sc-up-dice", "strided", "upsample", "dice"),
-    "cvae-mnist": _cvae("cvae-mnist", "mnist", 1, 28, latent=16, hidden=32, epochs=20, kl_weight=1.0),
-    "cvae-cifar10": _cvae("cvae-cifar10", "cifar10", 3, 32, latent=64, hidden=64, epochs=20, kl_weight=1.0),
+    "cvae-mnist": _cvae("cvae-mnist", "mnist", 1, 28, latent=8, hidden=32, epochs=20, kl_weight=1.0),
+    "cvae-cifar10": _cvae("cvae-cifar10", "cifar10", 3, 32, latent=32, hidden=64, epochs=20, kl_weight=1.0),
 }
 
 

@@ -16,17 +16,18 @@ from torch import nn
 
 
 class LabelShift(nn.Module):
-    """conv block whose output is shifted per channel by a projection of the label embedding."""
+    """conv block modulated per channel by the label embedding (FiLM: scale and shift)."""
 
     def __init__(self, cin: int, cout: int, embed_dim: int, up: bool):
         super().__init__()
         conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1) if up else nn.Conv2d(cin, cout, 3, 1, 1)
         self.conv = conv
-        self.shift = nn.Linear(embed_dim, cout)
+        self.film = nn.Linear(embed_dim, 2 * cout)
         self.act = nn.SiLU()
 
     def forward(self, x, e):
-        return self.act(self.conv(x) + self.shift(e)[:, :, None, None])
+        scale, shift = self.film(e)[:, :, None, None].chunk(2, dim=1)
+        return self.act(self.conv(x) * (1 + scale) + shift)
 
 
 class CVAE(nn.Module):
