@@ -40,6 +40,16 @@ def _csv_ints(s: str) -> list[int]:
     return [_positive_int(p) for p in _csv(s)]
 
 
+def _csv_seeds(s: str) -> list[int]:
+    try:
+        seeds = [int(p) for p in _csv(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds, got {s!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integer seeds, got {s!r}")
+    return seeds
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segvae", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -102,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="quick")
     run.add_argument("--data-root")
     run.add_argument("--experiments", type=_csv)
-    run.add_argument("--seeds", type=_csv_ints)
+    run.add_argument("--seeds", type=_csv_seeds, help="comma list, e.g. 0,1,2 (default: the preset's)")
     run.add_argument("--out", default="runs")
     run.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
     return p

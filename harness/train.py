@@ -251,7 +251,9 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         total, count = torch.zeros((), dtype=torch.float64), 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not accelerator.is_local_main_process, mininterval=2.0)
+        data_wait, t_ready = 0.0, time.perf_counter()
         for i, batch in enumerate(bar):
+            data_wait += time.perf_counter() - t_ready  # time the step waited for its batch
             loss = train_loss(cfg, model, batch, epoch + i / steps_per_epoch)
             _stop_if_not_finite(accelerator, loss, state["step"], epoch, ckpt_dir)
             optimizer.zero_grad(set_to_none=True)
@@ -265,6 +267,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
             if state["step"] % 10 == 0:
                 accelerator.log({"train/loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}, step=state["step"])
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+            t_ready = time.perf_counter()
         epoch_seconds = time.perf_counter() - t0
         seen = int(accelerator.reduce(torch.tensor(count), reduction="sum"))
         train_loss_mean = float(accelerator.reduce(total.float(), reduction="sum")) / max(seen, 1)
@@ -280,7 +283,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         state["train_seconds"] += epoch_seconds
         state["samples_seen"] += seen
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss_mean, "val": val,
-                                 "seconds": epoch_seconds})
+                                 "seconds": epoch_seconds, "data_wait_seconds": data_wait})
         state["epoch"] = epoch + 1
         accelerator.log({"epoch": epoch + 1, "train/epoch_loss": train_loss_mean,
                          **{f"val/{k}": v for k, v in val.items()}}, step=state["step"])
@@ -303,6 +306,8 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         "train_seconds": state["train_seconds"],
         "seconds_per_epoch": state["train_seconds"] / max(len(state["history"]), 1),
         "train_samples_per_s": state["samples_seen"] / max(state["train_seconds"], 1e-9),
+        "data_wait_fraction": sum(h.get("data_wait_seconds", 0.0) for h in state["history"])
+        / max(state["train_seconds"], 1e-9),
         "val": val, "test": test, "history": state["history"],
     }
     if accelerator.is_main_process:

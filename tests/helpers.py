@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING_KEYS = {"train_seconds", "seconds_per_epoch", "train_samples_per_s", "seconds"}
+TIMING_KEYS = {"train_seconds", "seconds_per_epoch", "train_samples_per_s", "seconds", "data_wait_seconds",
+               "data_wait_fraction"}
 
 
 def cli(*args, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
