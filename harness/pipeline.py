@@ -60,7 +60,7 @@ PRESETS: dict[str, Preset] = {
         segmentation={"mixed_precision": "bf16", "epochs": 20},
         cvae={"epochs": 25, "early_stop_patience": None, "kl_weight": SWAP_KL_WEIGHT},
         judge_epochs=12, seeds=(0, 1, 2),
-        bench={"batch_sizes": [1, 8, 32], "min_queries": 30, "min_duration": 1.0},
+        bench={"batch_sizes": [1, 8], "min_queries": 20, "min_duration": 1.0, "accuracy_samples": 120},
     ),
     "gpu": Preset(
         "A GPU run with the seed's settings: 64 base channels, 256 px, more epochs, bf16.",
