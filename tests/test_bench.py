@@ -212,7 +212,7 @@ def test_flops_peak_and_sizes(bench, runs):
             args = (torch.randn(1, 3, cfg.image_size, cfg.image_size),)
         else:
             model = LabelSwap(model)
-            args = (torch.rand(1, 1, 28, 28), torch.tensor([1]), torch.tensor([2]), torch.randn(1, 16))
+            args = (torch.rand(1, 1, 28, 28), torch.tensor([1]), torch.tensor([2]), torch.randn(1, cfg.model["latent_dim"]))
         with FlopCounterMode(display=False) as fc, torch.inference_mode():
             model(*args)
         for r in _recs(doc, run=run.name):
