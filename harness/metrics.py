@@ -6,8 +6,6 @@ per-image scores (an image with empty prediction and target scores 1).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from models.losses import bits_per_dim
@@ -49,7 +47,3 @@ def cvae_metrics(stats: torch.Tensor, dims: int) -> dict[str, float]:
         "bpd": float(bits_per_dim(torch.tensor(elbo), dims)),
         "count": int(stats.shape[0]),
     }
-
-
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)

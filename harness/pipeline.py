@@ -144,7 +144,7 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
 
     t = time.perf_counter()
     bench_cfg = BenchConfig(**p.bench)
-    judge_fns = {ds: _judge_fn(j) for ds, j in judges.items()}
+    judge_fns = {ds: j.score for ds, j in judges.items()}
     run_bench(primary, bench_cfg, data_root=root, out=out / "bench.json", argv=sys.argv, judge_fn=judge_fns)
     commands.append("segvae bench " + " ".join(shlex.quote(str(r)) for r in primary)
                     + f" --data-root {shlex.quote(str(root))} --out {shlex.quote(str(out / 'bench.json'))}")
@@ -195,9 +195,6 @@ def _train_judges(experiments, root: Path, out: Path, p: Preset, commands: list[
         judges[cfg.dataset] = load_judge(jdir)
     return judges
 
-
-def _judge_fn(judge):
-    return lambda images, new_labels: judge.score(images, new_labels)
 
 
 def _judge_run(run: Path, judges: dict, root: Path):

@@ -15,11 +15,9 @@ SAMPLES_DIR = "samples"
 
 def unnormalize(image: torch.Tensor) -> np.ndarray:
     """ImageNet-normalised [3,H,W] -> HxWx3 uint8."""
-    from harness.data import IMAGENET_MEAN, IMAGENET_STD
+    from harness.data import denormalize_image
 
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    return ((image.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return (denormalize_image(image.cpu()).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
 @torch.no_grad()
