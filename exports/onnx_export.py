@@ -64,21 +64,44 @@ class GraphSpec:
     dynamic_shapes: tuple
     inputs_doc: dict[str, str]
     output_doc: str
+    reference: torch.nn.Module | None = None  # the trained module parity is checked against (default: module)
+    rewrites: tuple[str, ...] = ()             # function-preserving graph rewrites applied before export
+
+    @property
+    def ref(self) -> torch.nn.Module:
+        return self.reference if self.reference is not None else self.module
 
 
-def graph_specs(cfg, model: torch.nn.Module) -> list[GraphSpec]:
+REWRITES = {
+    # torch 2.14's dynamo exporter (its onnxscript optimizer) folds eval-mode BatchNorm too; doing it
+    # here keeps the graph independent of the exporter version and lets torch backends share it
+    "fold_batchnorm": "each Conv+BatchNorm pair folded into one Conv",
+    "pixel_shuffle_up": "ConvTranspose2d(2, stride 2) as 1x1 Conv + pixel shuffle (Reshape/Transpose), "
+                        "so that int8 graphs hold no fp32 ConvTranspose",
+}
+
+
+def graph_specs(cfg, model: torch.nn.Module, fold_batchnorm: bool = True,
+                pixel_shuffle_up: bool = True) -> list[GraphSpec]:
+    """The graphs of one run. UNets are exported in `models.unet.inference_form` (same function,
+    checked against the trained module); the flags turn each rewrite off."""
     from torch.export import Dim
 
     batch = Dim("batch", min=1)
     if cfg.task == "segmentation":
+        from models.unet import inference_form
+
         step = 2 ** int(cfg.model.get("depth", 4))
         h, w = Dim("h_blocks", min=1), Dim("w_blocks", min=1)
+        rewrites = tuple(k for k, on in (("fold_batchnorm", fold_batchnorm), ("pixel_shuffle_up", pixel_shuffle_up))
+                         if on)
+        deployed = inference_form(model, fold_batchnorm=fold_batchnorm, pixel_shuffle_up=pixel_shuffle_up)
         return [GraphSpec(
-            "model.onnx", "segmentation", model, ["image"], "logits",
+            "model.onnx", "segmentation", deployed, ["image"], "logits",
             ({0: batch, 2: step * h, 3: step * w},),
             {"image": f"float32 [N,3,H,W], RGB/255 normalised with ImageNet mean/std; H, W multiples of {step}"},
             "float32 [N,1,H,W] mask logits; probability = sigmoid(logits); mask = logits > 0 "
-            "(probability > 0.5); 1 = pet, 0 = background")]
+            "(probability > 0.5); 1 = pet, 0 = background", reference=model.eval(), rewrites=rewrites)]
     from models.cvae import Decoder, LabelSwap
 
     c, s, k = int(cfg.model["in_channels"]), int(cfg.model["image_size"]), cfg.num_classes
@@ -121,6 +144,7 @@ def build_metadata(cfg, spec: GraphSpec, precision: str = "fp32") -> dict[str, s
         "precision": precision, "config_hash": cfg.hash(), "onnx_opset": OPSET,
         "torch_version": torch.__version__, "producer": "segvae-bench exports/onnx_export.py",
         "class_names": names, "inputs": spec.inputs_doc, "output": spec.output_doc,
+        "graph_rewrites": {k: REWRITES[k] for k in spec.rewrites},
     }
     if cfg.task == "segmentation":
         depth = int(cfg.model.get("depth", 4))
@@ -270,7 +294,7 @@ def _ort_session(path: Path, threads):
 @torch.no_grad()
 def _parity(spec: GraphSpec, sess, inputs: dict[str, torch.Tensor], b: int) -> float:
     args = [inputs[n][:b] for n in spec.input_names]
-    ref = spec.module(*args).float().numpy()
+    ref = spec.ref(*args).float().numpy()
     got = sess.run({n: a.numpy() for n, a in zip(spec.input_names, args)})[spec.output_name]
     if got.shape != ref.shape:
         raise UserError(f"{spec.file}: ONNX Runtime output shape {got.shape} != PyTorch {ref.shape}")
@@ -344,12 +368,14 @@ def _int8(cfg, spec: GraphSpec, fp32_path: Path, out_path: Path, data: _Data, ca
 
 # ---------------------------------------------------------------------------- entry point
 def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, data_root=None,
-               tolerance: float = 1e-4, threads: int | None = None) -> dict:
+               tolerance: float = 1e-4, threads: int | None = None, fold_batchnorm: bool = True,
+               pixel_shuffle_up: bool = True) -> dict:
     """Export run_dir (config.json + model.safetensors) to ONNX in out_dir (default run_dir/onnx).
 
     Checks parity with PyTorch on held-out data at batch 1 and 7 (UserError above `tolerance`,
     and then no file is left behind); quantize="int8" also writes model.int8.onnx / swap.int8.onnx
-    calibrated on `calib_count` training images, with its accuracy check. Returns the export.json dict.
+    calibrated on `calib_count` training images, with its accuracy check. fold_batchnorm and
+    pixel_shuffle_up choose the UNet's graph rewrites (see REWRITES). Returns the export.json dict.
     """
     from harness.checkpoint import load_run
 
@@ -367,7 +393,8 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     data = _Data(cfg, data_root)
     try:
-        report = _export_into(cfg, model, tmp, data, quantize, calib_count, tolerance, threads)
+        specs = graph_specs(cfg, model, fold_batchnorm=fold_batchnorm, pixel_shuffle_up=pixel_shuffle_up)
+        report = _export_into(cfg, specs, tmp, data, quantize, calib_count, tolerance, threads)
         atomic_write_json(tmp / EXPORT_JSON, report)
         _move_into_place(tmp, out_dir, [*report["files"], EXPORT_JSON])
     finally:
@@ -377,8 +404,8 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     return report
 
 
-def _export_into(cfg, model, tmp: Path, data: _Data, quantize, calib_count, tolerance, threads) -> dict:
-    specs = graph_specs(cfg, model)
+def _export_into(cfg, specs: list[GraphSpec], tmp: Path, data: _Data, quantize, calib_count, tolerance,
+                 threads) -> dict:
     files: dict[str, dict] = {}
     parity: dict[str, dict[str, float]] = {}
     sources: dict[str, str] = {}
@@ -423,6 +450,7 @@ def _export_into(cfg, model, tmp: Path, data: _Data, quantize, calib_count, tole
         "torch_version": torch.__version__, "onnxruntime_version": _ort_version(),
         "files": files, "tolerance": tolerance, "parity": parity, "parity_inputs": sources,
         "valid_sizes": build_metadata(cfg, specs[0])["valid_sizes"],
+        "graph_rewrites": {k: REWRITES[k] for k in specs[0].rewrites},
         "int8": int8,
     }
 

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root")
     e.add_argument("--tolerance", type=_positive_float, default=1e-4)
     e.add_argument("--out", help="output folder (default: RUN_DIR/onnx)")
+    e.add_argument("--no-fold-batchnorm", action="store_true",
+                   help="UNet: keep BatchNorm nodes instead of folding them into the convs")
+    e.add_argument("--keep-convtranspose", action="store_true",
+                   help="UNet: export ConvTranspose as is (it then stays fp32 in the int8 graph on ORT's CPU EP)")
 
     pr = sub.add_parser("predict", help="masks and overlays with ONNX Runtime only")
     pr.add_argument("--onnx", required=True)
@@ -102,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--server-rate", type=_positive_float, help="queries/s for the server scenario")
     b.add_argument("--latency-bound-ms", type=_positive_float)
     b.add_argument("--accuracy-samples", type=_positive_int)
+    b.add_argument("--ort-opt-level", choices=["all", "extended", "basic", "disable"],
+                   help="ONNX Runtime graph optimization level (default: all)")
     b.add_argument("--out", default="bench.json")
 
     r = sub.add_parser("report", help="rebuild report.html and report.md from saved results")
@@ -149,7 +155,8 @@ def _export(a) -> int:
     from exports.onnx_export import export_run
 
     export_run(a.run_dir, out_dir=a.out, quantize=a.quantize, calib_count=a.calib_count,
-               data_root=a.data_root, tolerance=a.tolerance)
+               data_root=a.data_root, tolerance=a.tolerance, fold_batchnorm=not a.no_fold_batchnorm,
+               pixel_shuffle_up=not a.keep_convtranspose)
     return 0
 
 
@@ -164,7 +171,8 @@ def _bench(a) -> int:
     from harness.bench import BenchConfig, run_bench
 
     fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "threads", "min_queries",
-                                         "min_duration", "server_rate", "latency_bound_ms", "accuracy_samples")}
+                                         "min_duration", "server_rate", "latency_bound_ms", "accuracy_samples",
+                                         "ort_opt_level")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
     run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv)
     return 0

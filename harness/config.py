@@ -123,10 +123,13 @@ class ExperimentConfig:
 
 
 def _unet(name: str, down: str, up: str, loss: str) -> ExperimentConfig:
+    # Chosen on the validation split of ../shared/data (204 training images): 16 base channels,
+    # batch 8 and 60 epochs (1,500 steps) beat 32 channels, batch 16 and 20 epochs (val Dice 0.840
+    # vs 0.784) in about the same CPU time; small data needs steps more than width.
     return ExperimentConfig(
         name=name, task="segmentation", dataset="pets", loss=loss,
-        model={"down": down, "up": up, "base_channels": 32, "depth": 4, "in_channels": 3, "out_channels": 1},
-        epochs=30, batch_size=16, lr=3e-3, image_size=128,
+        model={"down": down, "up": up, "base_channels": 16, "depth": 4, "in_channels": 3, "out_channels": 1},
+        epochs=60, batch_size=8, lr=3e-3, image_size=128,
     )
 
 
@@ -146,8 +149,8 @@ EXPERIMENTS: dict[str, ExperimentConfig] = {
     "unet-mp-tr-dice": _unet("unet-mp-tr-dice", "maxpool", "transpose", "dice"),
     "unet-sc-tr-bce": _unet("unet-sc-tr-bce", "strided", "transpose", "bce"),
     "unet-sc-up-dice": _unet("unet-sc-up-dice", "strided", "upsample", "dice"),
-    "cvae-mnist": _cvae("cvae-mnist", "mnist", 1, 28, latent=8, hidden=32, epochs=20, kl_weight=1.0),
-    "cvae-cifar10": _cvae("cvae-cifar10", "cifar10", 3, 32, latent=32, hidden=64, epochs=20, kl_weight=1.0),
+    "cvae-mnist": _cvae("cvae-mnist", "mnist", 1, 28, latent=8, hidden=32, epochs=40, kl_weight=1.0),
+    "cvae-cifar10": _cvae("cvae-cifar10", "cifar10", 3, 32, latent=32, hidden=64, epochs=25, kl_weight=1.0),
 }
 
 

@@ -1,6 +1,6 @@
 """Model zoo: build a model from a config's task and model kwargs."""
 from models.cvae import CVAE, Decoder, LabelSwap
-from models.unet import UNet
+from models.unet import UNet, inference_form
 
 
 def build_model(task: str, model_kwargs: dict):
@@ -11,4 +11,4 @@ def build_model(task: str, model_kwargs: dict):
     raise ValueError(f"unknown task {task!r}")
 
 
-__all__ = ["UNet", "CVAE", "LabelSwap", "Decoder", "build_model"]
+__all__ = ["UNet", "CVAE", "LabelSwap", "Decoder", "build_model", "inference_form"]

@@ -181,6 +181,10 @@ class OrtBackend(Backend):
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     needs: str | None = None  # an execution provider that must be available
 
+    def __init__(self, opt_level: str = "all"):
+        super().__init__()
+        self.opt_level = opt_level  # ORT graph optimization level (exports.session.OPT_LEVELS)
+
     @classmethod
     def available(cls):
         try:
@@ -208,7 +212,8 @@ class OrtBackend(Backend):
         if not self.path.is_file():
             raise UserError(f"{self.path} not found (run `segvae export {run_dir}"
                             f"{' --quantize int8' if self.precision == 'int8' else ''}`)")
-        self.sess = OrtSession(str(self.path), threads=threads, providers=list(self.providers))
+        self.sess = OrtSession(str(self.path), threads=threads, providers=list(self.providers),
+                               graph_optimization=self.opt_level)
         self._checked: set = set()
 
     def __call__(self, inputs):

@@ -47,6 +47,7 @@ SCHEMA_VERSION = 1
 REFERENCE = "torch-eager"
 ALL_SCENARIOS = tuple(sc.SCENARIOS)
 LATENCY_KEYS = sc.LATENCY_KEYS
+ORT_OPT_LEVELS = ("all", "extended", "basic", "disable")  # the keys of exports.session.OPT_LEVELS
 RECORD_FIELDS = (
     "run", "experiment", "task", "backend", "precision", "scenario", "batch_size", "samples_per_s",
     "latency_ms", "flops_per_sample", "gflops_per_s", "pct_of_peak", "peak_rss_mb", "model_bytes",
@@ -74,6 +75,7 @@ class BenchConfig:
     peak_size: int = 2048                        # matmul probe size
     peak_reps: int = 5
     seed: int = 0                                # label-swap inputs and server arrivals
+    ort_opt_level: str = "all"                   # ONNX Runtime graph optimization: all|extended|basic|disable
 
     def validate(self) -> "BenchConfig":
         if self.backends is not None:
@@ -97,6 +99,8 @@ class BenchConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise UserError(f"invalid {name}={v!r}: expected a positive integer")
+        if self.ort_opt_level not in ORT_OPT_LEVELS:
+            raise UserError(f"invalid ort_opt_level={self.ort_opt_level!r}: expected one of {', '.join(ORT_OPT_LEVELS)}")
         self.batch_sizes = sorted(dict.fromkeys(self.batch_sizes))
         return self
 
@@ -334,7 +338,7 @@ def measure_backend(name: str, jobs: list[dict], settings: dict, rank: int = 0, 
         _reset_peak_rss()
         backend = None
         try:
-            backend = cls()
+            backend = cls(opt_level=cfg.ort_opt_level) if cls.family == "ort" else cls()
             backend.load(job["run_dir"], load_config(job["run_dir"]), threads)
             arrays = {k: np.load(Path(job["dir"]) / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in INPUT_NAMES[job["task"]]}
             tag = f"{job['run']} | {name}"
