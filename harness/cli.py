@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-train-samples", type=_positive_int)
     t.add_argument("--num-workers", type=int)
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC activations (default on: oneDNN's fast layout on CPUs, tensor cores on GPUs)")
+    t.add_argument("--compile", action="store_true", help="torch.compile (inductor) the model for training")
     t.add_argument("--out", help="run directory (default: runs/<experiment>)")
     t.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
     t.add_argument("--resume", action="store_true",
@@ -141,6 +144,10 @@ def _train(a) -> int:
     }.items() if v is not None}
     if a.no_augment:
         changes["augment"] = False
+    if a.channels_last is not None:
+        changes["channels_last"] = a.channels_last
+    if a.compile:
+        changes["compile"] = True
     cfg = cfg.replace(**changes)
     if a.base_channels is not None:
         cfg = cfg.with_base_channels(a.base_channels)

@@ -37,6 +37,7 @@ class ExperimentConfig:
     image_size: int = 128          # segmentation only; CVAEs use the dataset's native size
     mixed_precision: str = "no"
     channels_last: bool = True     # NHWC activations: oneDNN's fast conv layout on CPUs, tensor cores on GPUs
+    compile: bool = False          # torch.compile (inductor) the training model through Accelerate
     seed: int = 0
     val_fraction: float = 0.15     # carved from the training split with a fixed seed (split_seed)
     split_seed: int = 1234

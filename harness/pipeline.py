@@ -228,8 +228,14 @@ def _judge_run(run: Path, judges: dict, root: Path):
                            for xb, yb in zip(x.split(256), y.split(256))])
         grid = swap_inputs(test, 25, cfg.num_classes, cfg.model.get("latent_dim", 16), seed=0)
         swapped = model.swap(grid["image"], grid["label"], grid["new_label"], grid["eps"])
+        # every test image once, each with a random wrong label: the headline label-swap figure
+        every = swap_inputs(test, len(test), cfg.num_classes, cfg.model.get("latent_dim", 16), seed=0, spread=False)
+        swapped_all = torch.cat([model.swap(*(every[k][i:i + 256] for k in ("image", "label", "new_label", "eps")))
+                                 for i in range(0, len(test), 256)])
     metrics = read_json(run / METRICS_FILE, "metrics")
     metrics.setdefault("recon", {})["judge_acc_true_label"] = judge.score(recon.numpy(), y.numpy())
     metrics["judge"] = {"test_acc_real": judge.meta.get("test_acc"),
-                        "grid_swap_acc": judge.score(swapped.numpy(), grid["new_label"].numpy())}
+                        "grid_swap_acc": judge.score(swapped.numpy(), grid["new_label"].numpy()),
+                        "test_swap_acc": judge.score(swapped_all.numpy(), every["new_label"].numpy()),
+                        "test_swap_count": len(test)}
     atomic_write_json(run / METRICS_FILE, metrics)

@@ -346,13 +346,15 @@ def swap_table(res: Results, cvae_groups: dict[str, list[dict]]) -> Table:
         ds = datasets.get(r.get("experiment"))
         rows.append([_text(r.get("experiment")), _text(ds), fmt_pct(_get(res.judges, ds, "test_acc")),
                      _text(r.get("backend")), _text(r.get("precision")), fmt_pct(r.get("judge_acc"))])
-    for name, runs in cvae_groups.items():  # PyTorch figure from training (the 25 grid images)
+    for name, runs in cvae_groups.items():  # PyTorch figures: every test image, and the 25 grid images
         ms = [r["metrics"] for r in runs]
-        if any(_get(m, "judge", "grid_swap_acc") is not None for m in ms):
-            ds = datasets.get(name)
-            rows.append([name, _text(ds), fmt_pct(_get(res.judges, ds, "test_acc")), "grid (25 images, PyTorch)",
-                         "fp32", fmt_stat([100 * x for x in (_num(_get(m, "judge", "grid_swap_acc")) for m in ms)
-                                           if x is not None], 1) + "%"])
+        ds = datasets.get(name)
+        for key, what in (("test_swap_acc", "test split ({n} images, PyTorch)"), ("grid_swap_acc", "grid (25 images, PyTorch)")):
+            vals = [x for x in (_num(_get(m, "judge", key)) for m in ms) if x is not None]
+            if vals:
+                n = _get(ms[0], "judge", "test_swap_count") or "all"
+                rows.append([name, _text(ds), fmt_pct(_get(res.judges, ds, "test_acc")), what.format(n=n),
+                             "fp32", fmt_stat([100 * x for x in vals], 1) + "%"])
     return Table(cols, rows, "success = share of label-swapped outputs the judge classifies as the new label "
                              "(chance 10%)")
 

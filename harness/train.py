@@ -203,7 +203,8 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         raise UserError("--mixed-precision fp16 needs a GPU (fp16 matmuls on this CPU are unusable); "
                         "use bf16 on the CPU")
     accelerator = Accelerator(mixed_precision=mixed, log_with=None if log_with == "none" else log_with,
-                              project_dir=str(out_dir), cpu=not torch.cuda.is_available())
+                              project_dir=str(out_dir), cpu=not torch.cuda.is_available(),
+                              dynamo_backend="inductor" if cfg.compile else "no")
     _check_resume(cfg, out_dir, resume)
     set_seed(cfg.seed)
 
@@ -276,7 +277,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         if improved:
             state.update(best_score=score_of(cfg, val), best_epoch=epoch + 1, bad_epochs=0)
             if accelerator.is_main_process:
-                save_weights(out_dir / "_best", accelerator.unwrap_model(model))
+                save_weights(out_dir / "_best", accelerator.unwrap_model(model, keep_torch_compile=False))
                 os.replace(out_dir / "_best" / WEIGHTS_FILE, out_dir / BEST_FILE)
         else:
             state["bad_epochs"] += 1
@@ -293,7 +294,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         _save_checkpoint(accelerator, ckpt_dir, out_dir, state)
 
     # final: best weights, test metrics, samples
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if (out_dir / BEST_FILE).is_file():
         accelerator.wait_for_everyone()
         load_weights_into(unwrapped, out_dir / BEST_FILE, cfg.name)

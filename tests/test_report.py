@@ -65,7 +65,8 @@ def _results(runs: Path, bench: bool = True) -> dict:
         # the figure path tries to escape runs_dir: it must be refused, and the grid + sources used instead
         "samples": {"grid": "samples/label_swap_grid.png", "figure": "../../etc/passwd",
                     "sources": "samples/label_swap_sources.png", "labels": LABELS},
-        "recon": {"mae": 0.0567, "judge_acc_true_label": None}})
+        "recon": {"mae": 0.0567, "judge_acc_true_label": None},
+        "judge": {"test_acc_real": 0.9812, "grid_swap_acc": 0.88, "test_swap_acc": 0.9425, "test_swap_count": 8000}})
     _write(runs / "judges" / "mnist" / "judge.json", {"dataset": "mnist", "arch": {}, "val_acc": 0.985,
                                                        "test_acc": 0.9812, "epochs": 6, "seconds": 40.0})
     records = []
@@ -153,7 +154,9 @@ def test_report_tables_match_json(tmp_path):
     assert judges["rows"][0][:2] == ["mnist", "98.1%"]
     swap = table_with(tables, "label-swap success")
     got = {(r[3], r[4]): r[5] for r in swap["rows"]}
-    assert got == {("torch-eager", "fp32"): "76.0%", ("ort-fp32", "fp32"): "72.0%"}
+    assert got == {("torch-eager", "fp32"): "76.0%", ("ort-fp32", "fp32"): "72.0%",
+                   ("test split (8000 images, PyTorch)", "fp32"): "94.2%",  # 94.25 -> 1 decimal
+                   ("grid (25 images, PyTorch)", "fp32"): "88.0%"}
     assert all(r[2] == "98.1%" for r in swap["rows"])
 
     labels = table_with(tables, "col 1")
@@ -221,6 +224,9 @@ def test_report_without_bench_or_judges(tmp_path):
     runs = tmp_path / "runs"
     _results(runs, bench=False)
     (runs / "judges" / "mnist" / "judge.json").unlink()
+    m = json.loads((runs / "cvae-mnist" / "metrics.json").read_text())
+    del m["judge"]  # no judge ran: no scores in the run either
+    _write(runs / "cvae-mnist" / "metrics.json", m)
     md = Path(build_report(runs)["md"]).read_text()
     assert "Benchmark: not run" in md
     assert "Judges: not run" in md and "Label-swap scores: not run" in md

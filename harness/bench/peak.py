@@ -2,7 +2,7 @@
 
 fp32 and bf16 use torch.matmul on n x n (default 2048) matrices, int8 uses torch._int_mm
 (int8 x int8 -> int32, oneDNN/VNNI on x86) when it runs on this build. fp32 is also timed with
-numpy's BLAS (OpenBLAS in the wheels; 2.3x torch's fp32 matmul on this machine) in a subprocess
+numpy's BLAS (OpenBLAS in the wheels, which beat torch's matmul in the environment notes) in a subprocess
 pinned to the same thread count, and the faster of the two is the peak: a low peak would make every
 backend look closer to the machine's limit than it is. Best of `reps` timed calls after one
 warm-up; 2 n^3 operations per product (the FLOP convention of flop_counter).
