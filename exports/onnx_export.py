@@ -46,6 +46,7 @@ OPSET = 18
 PARITY_BATCHES = (1, 7)
 EXTERNAL_DATA_LIMIT = int(1.5 * 2**30)  # bytes of weights above which they go to <file>.data beside it
 EXPORT_JSON = "export.json"
+INT8_SOURCE = "model.int8-source.onnx"  # the rewritten fp32 UNet graph int8 is made from (checked, not shipped)
 # every name an export may write: stale ones from an earlier export are removed when not rewritten
 KNOWN_OUTPUTS = ("model.onnx", "swap.onnx", "decoder.onnx", "model.int8.onnx", "swap.int8.onnx",
                  "decoder.int8.onnx", "model.fp16.onnx", "swap.fp16.onnx", "decoder.fp16.onnx", EXPORT_JSON)
@@ -76,15 +77,15 @@ REWRITES = {
     # torch 2.14's dynamo exporter (its onnxscript optimizer) folds eval-mode BatchNorm too; doing it
     # here keeps the graph independent of the exporter version and lets torch backends share it
     "fold_batchnorm": "each Conv+BatchNorm pair folded into one Conv",
-    "pixel_shuffle_up": "ConvTranspose2d(2, stride 2) as 1x1 Conv + pixel shuffle (Reshape/Transpose), "
-                        "so that int8 graphs hold no fp32 ConvTranspose",
+    "pixel_shuffle_up": "ConvTranspose2d(2, stride 2) as 1x1 Conv + DepthToSpace, so that the int8 graph "
+                        "holds no fp32 ConvTranspose (applied to the int8 graph only: fp32 is faster without it)",
 }
 
 
 def graph_specs(cfg, model: torch.nn.Module, fold_batchnorm: bool = True,
-                pixel_shuffle_up: bool = True) -> list[GraphSpec]:
+                pixel_shuffle_up: bool = False) -> list[GraphSpec]:
     """The graphs of one run. UNets are exported in `models.unet.inference_form` (same function,
-    checked against the trained module); the flags turn each rewrite off."""
+    checked against the trained module) with the rewrites asked for."""
     from torch.export import Dim
 
     batch = Dim("batch", min=1)
@@ -369,13 +370,14 @@ def _int8(cfg, spec: GraphSpec, fp32_path: Path, out_path: Path, data: _Data, ca
 # ---------------------------------------------------------------------------- entry point
 def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, data_root=None,
                tolerance: float = 1e-4, threads: int | None = None, fold_batchnorm: bool = True,
-               pixel_shuffle_up: bool = True) -> dict:
+               int8_pixel_shuffle_up: bool = True) -> dict:
     """Export run_dir (config.json + model.safetensors) to ONNX in out_dir (default run_dir/onnx).
 
     Checks parity with PyTorch on held-out data at batch 1 and 7 (UserError above `tolerance`,
     and then no file is left behind); quantize="int8" also writes model.int8.onnx / swap.int8.onnx
     calibrated on `calib_count` training images, with its accuracy check. fold_batchnorm and
-    pixel_shuffle_up choose the UNet's graph rewrites (see REWRITES). Returns the export.json dict.
+    int8_pixel_shuffle_up choose the UNet's graph rewrites (see REWRITES; the second applies to the
+    graph that is quantized, itself exported and parity-checked first). Returns the export.json dict.
     """
     from harness.checkpoint import load_run
 
@@ -393,8 +395,12 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     data = _Data(cfg, data_root)
     try:
-        specs = graph_specs(cfg, model, fold_batchnorm=fold_batchnorm, pixel_shuffle_up=pixel_shuffle_up)
-        report = _export_into(cfg, specs, tmp, data, quantize, calib_count, tolerance, threads)
+        specs = graph_specs(cfg, model, fold_batchnorm=fold_batchnorm)
+        to_quantize = specs[0]
+        if quantize == "int8" and cfg.task == "segmentation" and int8_pixel_shuffle_up:
+            to_quantize = graph_specs(cfg, model, fold_batchnorm=fold_batchnorm, pixel_shuffle_up=True)[0]
+            to_quantize.file = INT8_SOURCE
+        report = _export_into(cfg, specs, tmp, data, quantize, calib_count, tolerance, threads, to_quantize)
         atomic_write_json(tmp / EXPORT_JSON, report)
         _move_into_place(tmp, out_dir, [*report["files"], EXPORT_JSON])
     finally:
@@ -404,47 +410,55 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     return report
 
 
+def _export_checked(cfg, spec: GraphSpec, tmp: Path, data: _Data, tolerance, threads):
+    """Export one graph into tmp and check it against PyTorch: (files written, parity figures, input source)."""
+    inputs, source = _inputs_for(cfg, spec.kind, data, max(PARITY_BATCHES))
+    if source == "random":
+        print(f"  note: {spec.file} parity on RANDOM inputs: held-out data unavailable ({data.error})")
+    example = tuple(inputs[n][:2] for n in spec.input_names)  # batch 2: no 0/1 specialisation
+    written = _export_graph(spec, example, tmp / spec.file, build_metadata(cfg, spec))
+    sess = _ort_session(tmp / spec.file, threads)
+    checks = {f"batch_{b}": (inputs, b, source) for b in PARITY_BATCHES}
+    if spec.kind == "segmentation":  # dynamic H/W: a non-square size the model was not traced at
+        step = 2 ** int(cfg.model.get("depth", 4))
+        h, w = int(cfg.image_size) + step, int(cfg.image_size)
+        g = torch.Generator().manual_seed(5)
+        checks[f"batch_1_{h}x{w}"] = ({"image": torch.randn(1, 3, h, w, generator=g)}, 1, "random")
+    parity = {}
+    for key, (inp, b, src) in checks.items():
+        diff = _parity(spec, sess, inp, b)
+        parity[key] = diff
+        ok = diff <= tolerance
+        print(f"  {spec.file} {key.replace('_', ' ')}: max |ORT - PyTorch| = {diff:.3g} ({src} inputs) "
+              f"{'ok' if ok else 'FAILED'}")
+        if not ok:
+            raise UserError(f"ONNX parity check failed for {spec.file} at {key.replace('_', ' ')}: max abs "
+                            f"difference {diff:.3g} > tolerance {tolerance:g}; nothing was written")
+    return written, parity, source
+
+
 def _export_into(cfg, specs: list[GraphSpec], tmp: Path, data: _Data, quantize, calib_count, tolerance,
-                 threads) -> dict:
+                 threads, to_quantize: GraphSpec | None = None) -> dict:
+    """specs are exported and shipped; to_quantize (default specs[0]) is the graph int8 is made from."""
     files: dict[str, dict] = {}
     parity: dict[str, dict[str, float]] = {}
     sources: dict[str, str] = {}
     print(f"Exporting {cfg.name} ({cfg.task}, config {cfg.hash()}) to ONNX opset {OPSET}")
     for spec in specs:
-        inputs, source = _inputs_for(cfg, spec.kind, data, max(PARITY_BATCHES))
-        if source == "random":
-            print(f"  note: {spec.file} parity on RANDOM inputs: held-out data unavailable ({data.error})")
-        example = tuple(inputs[n][:2] for n in spec.input_names)  # batch 2: no 0/1 specialisation
-        path = tmp / spec.file
-        written = _export_graph(spec, example, path, build_metadata(cfg, spec))
-        sess = _ort_session(path, threads)
-        checks = {f"batch_{b}": (inputs, b, source) for b in PARITY_BATCHES}
-        if spec.kind == "segmentation":  # dynamic H/W: a non-square size the model was not traced at
-            step = 2 ** int(cfg.model.get("depth", 4))
-            h, w = int(cfg.image_size) + step, int(cfg.image_size)
-            g = torch.Generator().manual_seed(5)
-            checks[f"batch_1_{h}x{w}"] = ({"image": torch.randn(1, 3, h, w, generator=g)}, 1, "random")
-        parity[spec.file] = {}
-        for key, (inp, b, src) in checks.items():
-            diff = _parity(spec, sess, inp, b)
-            parity[spec.file][key] = diff
-            ok = diff <= tolerance
-            print(f"  {spec.file} {key.replace('_', ' ')}: max |ORT - PyTorch| = {diff:.3g} ({src} inputs) "
-                  f"{'ok' if ok else 'FAILED'}")
-            if not ok:
-                raise UserError(f"ONNX parity check failed for {spec.file} at {key.replace('_', ' ')}: max abs "
-                                f"difference {diff:.3g} > tolerance {tolerance:g}; nothing was written")
-        sources[spec.file] = source
+        written, parity[spec.file], sources[spec.file] = _export_checked(cfg, spec, tmp, data, tolerance, threads)
         for p in written:
             files[p.name] = {"graph": spec.kind, "precision": "fp32", "bytes": p.stat().st_size}
         files[spec.file].update({"inputs": {n: spec.inputs_doc[n] for n in spec.input_names},
                                  "output": {spec.output_name: spec.output_doc}})
     int8: dict[str, Any] | None = None
     if quantize == "int8":
-        spec = specs[0]  # model.onnx (UNet) or swap.onnx (CVAE); the decoder stays fp32
-        name = spec.file.replace(".onnx", ".int8.onnx")
-        int8 = _int8(cfg, spec, tmp / spec.file, tmp / name, data, calib_count, threads)
-        files[name] = {"graph": spec.kind, "precision": "int8", "bytes": (tmp / name).stat().st_size}
+        source = to_quantize or specs[0]  # model.onnx (UNet) or swap.onnx (CVAE); the decoder stays fp32
+        if source.file not in parity:     # a rewritten fp32 graph, checked like the others, not shipped
+            _, parity[source.file], sources[source.file] = _export_checked(cfg, source, tmp, data, tolerance, threads)
+        name = specs[0].file.replace(".onnx", ".int8.onnx")
+        int8 = _int8(cfg, source, tmp / source.file, tmp / name, data, calib_count, threads)
+        int8["graph_rewrites"] = {k: REWRITES[k] for k in source.rewrites}
+        files[name] = {"graph": source.kind, "precision": "int8", "bytes": (tmp / name).stat().st_size}
     return {
         "experiment": cfg.name, "config_hash": cfg.hash(), "task": cfg.task, "opset": OPSET,
         "torch_version": torch.__version__, "onnxruntime_version": _ort_version(),

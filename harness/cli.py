@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-fold-batchnorm", action="store_true",
                    help="UNet: keep BatchNorm nodes instead of folding them into the convs")
     e.add_argument("--keep-convtranspose", action="store_true",
-                   help="UNet: export ConvTranspose as is (it then stays fp32 in the int8 graph on ORT's CPU EP)")
+                   help="UNet int8: quantize the graph with its ConvTranspose (which then runs fp32 on ORT's CPU EP) "
+                        "instead of the 1x1 Conv + DepthToSpace form")
 
     pr = sub.add_parser("predict", help="masks and overlays with ONNX Runtime only")
     pr.add_argument("--onnx", required=True)
@@ -163,7 +164,7 @@ def _export(a) -> int:
 
     export_run(a.run_dir, out_dir=a.out, quantize=a.quantize, calib_count=a.calib_count,
                data_root=a.data_root, tolerance=a.tolerance, fold_batchnorm=not a.no_fold_batchnorm,
-               pixel_shuffle_up=not a.keep_convtranspose)
+               int8_pixel_shuffle_up=not a.keep_convtranspose)
     return 0
 
 

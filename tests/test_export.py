@@ -152,7 +152,7 @@ def test_int8_unet(exported):
     assert isinstance(q["dice_delta"], float) and abs(q["dice_delta"]) <= 1
     assert q["dice_delta"] == pytest.approx(q["dice_int8"] - q["dice_fp32"])
     assert q["calibration_source"] == "train split" and 0 < q["calibration_count"] <= 16
-    # with the pixel-shuffle rewrite no op is left computing in fp32 (ConvTranspose would be)
+    # with the DepthToSpace rewrite no op is left computing in fp32 (ConvTranspose would be)
     assert q["fp32_ops"] == {} and q["int8_ops"].get("QLinearConv", 0) > 0
     sess = OrtSession(run / "onnx" / "model.int8.onnx", threads=1)
     assert sess.metadata["precision"] == "int8" and sess.metadata["experiment"] == INT8_KIND
@@ -178,18 +178,29 @@ def test_inference_form_is_the_same_function(tmp_path, name):
 
 
 def test_export_rewrites_are_options(exported, tmp_path, data_root):
+    from exports.onnx_export import INT8_SOURCE
     from harness.cli import main
 
     run, report = exported(INT8_KIND)
-    ops = {n.op_type for n in onnx.load(str(run / "onnx" / "model.onnx")).graph.node}
-    assert not ops & {"ConvTranspose", "BatchNormalization"}
-    assert set(report["graph_rewrites"]) == {"fold_batchnorm", "pixel_shuffle_up"}
+
+    def ops(path):
+        return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+    # fp32 keeps ConvTranspose (faster there); the int8 graph is made from the DepthToSpace form
+    assert "ConvTranspose" in ops(run / "onnx" / "model.onnx")
+    assert "BatchNormalization" not in ops(run / "onnx" / "model.onnx")
+    assert set(report["graph_rewrites"]) == {"fold_batchnorm"}
+    assert set(report["int8"]["graph_rewrites"]) == {"fold_batchnorm", "pixel_shuffle_up"}
+    assert "DepthToSpace" in ops(run / "onnx" / "model.int8.onnx")
+    assert "ConvTranspose" not in ops(run / "onnx" / "model.int8.onnx")
+    assert all(v <= TOL for v in report["parity"][INT8_SOURCE].values())  # the quantized source was checked
+    assert not (run / "onnx" / INT8_SOURCE).exists()                      # ... and not shipped
     out = tmp_path / "plain"
-    assert main(["export", str(run), "--out", str(out), "--data-root", str(data_root),
-                 "--no-fold-batchnorm", "--keep-convtranspose"]) == 0
-    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
-    assert "ConvTranspose" in ops  # (BatchNorm: torch 2.14's exporter folds it on its own as well)
-    assert json.loads((out / "export.json").read_text())["graph_rewrites"] == {}
+    assert main(["export", str(run), "--out", str(out), "--data-root", str(data_root), "--quantize", "int8",
+                 "--calib-count", "8", "--no-fold-batchnorm", "--keep-convtranspose"]) == 0
+    doc = json.loads((out / "export.json").read_text())
+    assert doc["graph_rewrites"] == {} and doc["int8"]["graph_rewrites"] == {}
+    assert doc["int8"]["fp32_ops"].get("ConvTranspose") == 4  # what the rewrite removes: no int8 kernel in ORT
     assert OrtSession(out / "model.onnx", threads=1).metadata["graph_rewrites"] == {}
 
 
