@@ -25,7 +25,8 @@ def test_preset_configs_apply_overrides_on_the_registry():
     assert (unet.epochs, unet.batch_size, unet.model["base_channels"]) == (base.epochs, base.batch_size,
                                                                           base.model["base_channels"])
     cvae = preset_config("cvae-mnist", PRESETS["cpu"], seed=0)
-    assert cvae.kl_weight == SWAP_KL_WEIGHT and cvae.early_stop_patience is None
+    assert cvae.kl_weight == SWAP_KL_WEIGHT["mnist"] == 8.0 and cvae.early_stop_patience is None
+    assert preset_config("cvae-cifar10", PRESETS["gpu"], seed=0).kl_weight == SWAP_KL_WEIGHT["cifar10"] == 4.0
     assert get_experiment("cvae-mnist").kl_weight == 1.0  # `segvae train` keeps the plain ELBO
     quick = preset_config("cvae-cifar10", PRESETS["quick"], seed=0)
     assert quick.epochs == 20 and quick.model["hidden_channels"] == PRESETS["quick"].cvae_channels
