@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -396,10 +396,10 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     data = _Data(cfg, data_root)
     try:
         specs = graph_specs(cfg, model, fold_batchnorm=fold_batchnorm)
-        to_quantize = specs[0]
+        to_quantize = None
         if quantize == "int8" and cfg.task == "segmentation" and int8_pixel_shuffle_up:
-            to_quantize = graph_specs(cfg, model, fold_batchnorm=fold_batchnorm, pixel_shuffle_up=True)[0]
-            to_quantize.file = INT8_SOURCE
+            to_quantize = replace(
+                graph_specs(cfg, model, fold_batchnorm=fold_batchnorm, pixel_shuffle_up=True)[0], file=INT8_SOURCE)
         report = _export_into(cfg, specs, tmp, data, quantize, calib_count, tolerance, threads, to_quantize)
         atomic_write_json(tmp / EXPORT_JSON, report)
         _move_into_place(tmp, out_dir, [*report["files"], EXPORT_JSON])
@@ -453,7 +453,7 @@ def _export_into(cfg, specs: list[GraphSpec], tmp: Path, data: _Data, quantize, 
     int8: dict[str, Any] | None = None
     if quantize == "int8":
         source = to_quantize or specs[0]  # model.onnx (UNet) or swap.onnx (CVAE); the decoder stays fp32
-        if source.file not in parity:     # a rewritten fp32 graph, checked like the others, not shipped
+        if to_quantize is not None:       # a rewritten fp32 graph, checked like the others, not shipped
             _, parity[source.file], sources[source.file] = _export_checked(cfg, source, tmp, data, tolerance, threads)
         name = specs[0].file.replace(".onnx", ".int8.onnx")
         int8 = _int8(cfg, source, tmp / source.file, tmp / name, data, calib_count, threads)

@@ -123,7 +123,7 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
     primary: list[Path] = []
     t = time.perf_counter()
     for name in experiments:
-        own = task_seeds(p, get_experiment(name).task, override)
+        own = tuple(seeds[get_experiment(name).task])
         for seed in own:
             cfg = preset_config(name, p, seed)
             run = out / run_dir_name(name, seed, own)
@@ -213,7 +213,8 @@ def _train_judges(experiments, root: Path, out: Path, p: Preset, commands: list[
 
 
 def _judge_run(run: Path, judges: dict, root: Path):
-    """Judge a CVAE run in PyTorch: TRUE-label reconstructions and the 25 label-swapped grid images."""
+    """Judge a CVAE run in PyTorch: TRUE-label reconstructions, the 25 label-swapped grid images and
+    every test image swapped to a random wrong label."""
     import torch
 
     from harness.checkpoint import METRICS_FILE, load_run
