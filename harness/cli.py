@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_csv_seeds, help="comma list, e.g. 0,1,2 (default: the preset's)")
     run.add_argument("--out", default="runs")
     run.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
+    run.add_argument("--retrain", action="store_true",
+                     help="train every run again (default: reuse finished runs in --out whose config is "
+                          "unchanged, resume interrupted ones)")
     return p
 
 
@@ -197,7 +200,7 @@ def _run(a) -> int:
     from harness.pipeline import run_pipeline
 
     run_pipeline(preset=a.preset, data_root=a.data_root, experiments=a.experiments, seeds=a.seeds,
-                 out_dir=a.out, log_with=a.log_with)
+                 out_dir=a.out, log_with=a.log_with, retrain=a.retrain)
     return 0
 
 

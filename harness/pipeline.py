@@ -8,6 +8,9 @@ a fresh Accelerator and its own threads; export, bench and report run here. Outp
     OUT/bench.json                PyTorch vs ONNX Runtime, speed and accuracy
     OUT/report.html, report.md    the report
     OUT/pipeline.json             preset, commands, wall time
+
+Re-running with the same OUT reuses each finished run whose config is unchanged and resumes an
+interrupted one from its last epoch checkpoint; `--retrain` trains everything again.
 """
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ def run_dir_name(name: str, seed: int, seeds: tuple[int, ...]) -> str:
 
 
 def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=None, out_dir="runs",
-                 log_with: str = "none") -> dict:
+                 log_with: str = "none", retrain: bool = False) -> dict:
     from harness.data import resolve_data_root
 
     if preset not in PRESETS:
@@ -121,6 +124,7 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
 
     # 1. train
     primary: list[Path] = []
+    reused: list[str] = []
     t = time.perf_counter()
     for name in experiments:
         own = tuple(seeds[get_experiment(name).task])
@@ -132,7 +136,16 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
             argv = ["train", name, "--config", str(cfg_path), "--data-root", str(root), "--out", str(run),
                     "--log-with", log_with]
             commands.append(" ".join(["segvae", *map(shlex.quote, argv)]))
-            _child(argv, f"[train {run.name}]")
+            state = run_state(run, cfg)
+            if state == "finished" and not retrain:
+                print(f"[train {run.name}] reusing the finished run in {run} (same config; --retrain to redo it)",
+                      flush=True)
+                reused.append(run.name)
+            else:
+                if retrain or state == "other":
+                    _forget_result(run)
+                resume = state == "same" and not retrain
+                _child(argv + (["--resume"] if resume else []), f"[train {run.name}]")
             if seed == own[0]:
                 primary.append(run)
     stage_seconds["train"] = time.perf_counter() - t
@@ -171,12 +184,41 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
     wall = time.perf_counter() - t0
     atomic_write_json(out / "pipeline.json", {
         "preset": preset, "description": p.description, "data_root": str(root), "experiments": experiments,
-        "seeds": seeds, "commands": commands, "wall_seconds": wall, "stage_seconds": stage_seconds})
+        "seeds": seeds, "reused_runs": reused, "commands": commands, "wall_seconds": wall, "stage_seconds": stage_seconds})
     paths = build_report(out)
     commands.append(f"segvae report {shlex.quote(str(out))}")
     wall = time.perf_counter() - t0
     print(f"segvae run finished in {wall / 60:.1f} min; report: {Path(paths['html']).resolve()}", flush=True)
     return {"out": out, "wall_seconds": wall, **paths}
+
+
+def run_state(run: Path, cfg: ExperimentConfig) -> str:
+    """What OUT/<run> holds for this config: 'finished' (metrics written), 'same' (the same config,
+    unfinished: resume it), 'other' (another config, or nothing readable) or 'none'.
+
+    Why: re-running `segvae run` after a crash, a Ctrl-C or a report fix must not redo hours of
+    finished training. Configs are compared through ExperimentConfig, so a config.json written
+    before a field with a default was added still matches.
+    """
+    from harness.checkpoint import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_config
+
+    if not (run / CONFIG_FILE).is_file():
+        return "none"
+    try:
+        same = load_config(run).to_dict() == cfg.to_dict()
+    except (UserError, TypeError):
+        return "other"
+    if not same:
+        return "other"
+    return "finished" if (run / METRICS_FILE).is_file() and (run / WEIGHTS_FILE).is_file() else "same"
+
+
+def _forget_result(run: Path):
+    """A run directory about to be retrained with another config loses its old metrics first, so a
+    crash part-way can never pair the new config with the old results."""
+    from harness.checkpoint import METRICS_FILE
+
+    (run / METRICS_FILE).unlink(missing_ok=True)
 
 
 def _child(argv: list[str], tag: str):

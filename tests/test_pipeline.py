@@ -37,3 +37,70 @@ def test_unknown_preset_is_a_clear_error(tmp_path):
 
     with pytest.raises(UserError, match="unknown --preset 'fast'.*quick"):
         run_pipeline(preset="fast", out_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- reusing finished runs
+class _StopAfterTraining(Exception):
+    pass
+
+
+def _fake_run(run, cfg, finished: bool, drop_field: str | None = None):
+    """A run directory as `segvae train` leaves it: config.json, and when finished weights + metrics."""
+    import json
+
+    run.mkdir(parents=True)
+    d = cfg.to_dict()
+    if drop_field:
+        d.pop(drop_field)  # a config.json written before this field existed
+    (run / "config.json").write_text(json.dumps(d))
+    if finished:
+        (run / "model.safetensors").write_bytes(b"w")
+        (run / "metrics.json").write_text("{}")
+
+
+def test_run_state_tells_finished_interrupted_and_foreign_runs(tmp_path):
+    from harness.pipeline import run_state
+
+    cfg = preset_config("unet-mp-tr-bce", PRESETS["cpu"], seed=0)
+    assert run_state(tmp_path / "missing", cfg) == "none"
+    _fake_run(tmp_path / "done", cfg, finished=True, drop_field="compile")
+    assert run_state(tmp_path / "done", cfg) == "finished"  # an absent field takes its default
+    assert run_state(tmp_path / "done", cfg.replace(epochs=cfg.epochs + 1)) == "other"
+    _fake_run(tmp_path / "half", cfg, finished=False)
+    assert run_state(tmp_path / "half", cfg) == "same"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    assert run_state(tmp_path / "bad", cfg) == "other"
+
+
+@pytest.mark.parametrize("retrain", [False, True])
+def test_pipeline_reuses_finished_runs_resumes_others_and_retrains_on_request(tmp_path, data_root, monkeypatch,
+                                                                             retrain):
+    import harness.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "_child", lambda argv, tag: calls.append(argv))
+
+    def stop(*a, **k):
+        raise _StopAfterTraining
+
+    monkeypatch.setattr(pipeline, "_train_judges", stop)
+    p = PRESETS["quick"]
+    names = ["unet-mp-tr-bce", "unet-sc-tr-bce", "unet-sc-up-dice"]
+    cfgs = {n: preset_config(n, p, 0) for n in names}
+    _fake_run(tmp_path / "unet-mp-tr-bce", cfgs["unet-mp-tr-bce"], finished=True)    # finished
+    _fake_run(tmp_path / "unet-sc-tr-bce", cfgs["unet-sc-tr-bce"], finished=False)    # interrupted
+    _fake_run(tmp_path / "unet-sc-up-dice", cfgs["unet-sc-up-dice"].replace(epochs=1), finished=True)  # stale
+    with pytest.raises(_StopAfterTraining):
+        pipeline.run_pipeline("quick", data_root=data_root, experiments=names, out_dir=tmp_path, retrain=retrain)
+
+    trained = {argv[1]: argv for argv in calls}
+    if retrain:
+        assert set(trained) == set(names) and not any("--resume" in a for a in calls)
+        assert not (tmp_path / "unet-mp-tr-bce" / "metrics.json").exists()
+    else:
+        assert set(trained) == {"unet-sc-tr-bce", "unet-sc-up-dice"}
+        assert "--resume" in trained["unet-sc-tr-bce"] and "--resume" not in trained["unet-sc-up-dice"]
+        assert (tmp_path / "unet-mp-tr-bce" / "metrics.json").exists()
+    # the stale run's old results are gone before it retrains, so a crash cannot pair them with the new config
+    assert not (tmp_path / "unet-sc-up-dice" / "metrics.json").exists()
