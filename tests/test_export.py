@@ -94,7 +94,9 @@ def test_export_parity_and_metadata(exported, name):
     for spec in specs:
         # the exporter's own figures, on held-out data
         assert set(report["parity"][spec.file]) >= {"batch_1", "batch_7"}
-        assert all(v <= TOL for v in report["parity"][spec.file].values())
+        scales = report["parity_scale"][spec.file]
+        assert set(scales) == set(report["parity"][spec.file]) and all(v >= 1.0 for v in scales.values())
+        assert all(v <= TOL * scales[k] for k, v in report["parity"][spec.file].items())
         assert report["parity_inputs"][spec.file] == "val split"
         # our own inputs, two batch sizes
         sess = OrtSession(out / spec.file, threads=1)
@@ -282,6 +284,26 @@ def test_session_load_errors(exported, tmp_path):
         OrtSession(ext_dir / "m.onnx")
     with pytest.raises(UserError, match="graph_optimization"):
         OrtSession(src, graph_optimization="max")
+
+
+def test_parity_bound_scales_with_large_logits(tmp_path, data_root):
+    """A confident model's logits are large; fp32 rounding grows with them, so the bound does too."""
+    run = make_run(tmp_path, "unet-mp-tr-dice")
+    cfg, model = load_run(run)
+    with torch.no_grad():
+        model.head.weight.mul_(1000.0)
+        model.head.bias.fill_(5.0)
+    save_weights(run, model)
+    report = export_run(run, data_root=data_root, tolerance=TOL)
+    parity, scales = report["parity"]["model.onnx"], report["parity_scale"]["model.onnx"]
+    # scale = max(1, max |PyTorch logits|) on the val images: reproduce it for batch 1
+    from exports.onnx_export import _Data, _inputs_for
+
+    inputs, _ = _inputs_for(cfg, "segmentation", _Data(cfg, data_root), 7)
+    with torch.no_grad():
+        expect = float(load_run(run)[1](inputs["image"][:1]).abs().max())
+    assert scales["batch_1"] == pytest.approx(max(1.0, expect), rel=1e-5) and scales["batch_1"] > 100
+    assert all(v <= TOL * scales[k] for k, v in parity.items())
 
 
 # ---------------------------------------------------------------------------- failed parity is atomic
