@@ -205,10 +205,9 @@ def run_state(run: Path, cfg: ExperimentConfig) -> str:
     if not (run / CONFIG_FILE).is_file():
         return "none"
     try:
-        same = load_config(run).to_dict() == cfg.to_dict()
-    except (UserError, TypeError):
-        return "other"
-    if not same:
+        if load_config(run) != cfg:
+            return "other"
+    except UserError:
         return "other"
     return "finished" if (run / METRICS_FILE).is_file() and (run / WEIGHTS_FILE).is_file() else "same"
 
