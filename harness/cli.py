@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive_float)
     t.add_argument("--image-size", type=_positive_int)
     t.add_argument("--base-channels", type=_positive_int)
-    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16", "auto"],
+                   help="auto (the UNets' default): bf16 where the CPU/GPU has native bf16, else fp32")
     t.add_argument("--seed", type=int)
     t.add_argument("--kl-weight", type=float)
     t.add_argument("--max-train-samples", type=_positive_int)

@@ -17,7 +17,7 @@ from harness.errors import UserError
 TASKS = ("segmentation", "cvae")
 DATASETS = {"pets": "segmentation", "mnist": "cvae", "cifar10": "cvae"}
 LOSSES = {"segmentation": ("bce", "dice"), "cvae": ("elbo",)}
-PRECISIONS = ("no", "fp16", "bf16")
+PRECISIONS = ("no", "fp16", "bf16", "auto")  # auto: bf16 where the hardware has it natively, else fp32
 SCHEDULES = ("onecycle", "cosine", "constant")
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # experiment names end up in file and folder names
 
@@ -134,7 +134,7 @@ def _unet(name: str, down: str, up: str, loss: str) -> ExperimentConfig:
     return ExperimentConfig(
         name=name, task="segmentation", dataset="pets", loss=loss,
         model={"down": down, "up": up, "base_channels": 16, "depth": 4, "in_channels": 3, "out_channels": 1},
-        epochs=150, batch_size=8, lr=3e-3, image_size=128,
+        epochs=150, batch_size=8, lr=3e-3, image_size=128, mixed_precision="auto",
     )
 
 

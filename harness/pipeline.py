@@ -63,7 +63,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu": Preset(
         "A thorough CPU run on the full shared data (../shared/data): the registry's recipes with bf16 "
-        "UNets over 3 seeds (6-8 minutes of training per UNet on 2 cores), one seed per CVAE "
+        "UNets over 3 seeds (9-11 minutes of training per UNet on 2 cores), one seed per CVAE "
         "(about 4 and 9 minutes).",
         segmentation={"mixed_precision": "bf16"},
         cvae={"early_stop_patience": None},

@@ -41,5 +41,7 @@ def without_timings(obj):
     return obj
 
 
-TINY_UNET = ["--epochs", "2", "--base-channels", "4", "--image-size", "32", "--batch-size", "4"]
+# fp32 pinned: the tests compare runs exactly, which must not hang on the host's bf16 support ("auto")
+TINY_UNET = ["--epochs", "2", "--base-channels", "4", "--image-size", "32", "--batch-size", "4",
+             "--mixed-precision", "no"]
 TINY_CVAE = ["--epochs", "1", "--base-channels", "4", "--batch-size", "32"]

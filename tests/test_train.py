@@ -68,6 +68,39 @@ def test_compiled_and_nchw_training_saves_plain_weights(unet_run, data_root, tmp
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
 
 
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    """'auto' picks bf16 only where it is native: on a CPU without AVX512-BF16/AMX, bf16 autocast is
+    emulated and slower than fp32."""
+    import torch
+
+    from harness.train import resolve_precision
+
+    for fixed in ("no", "fp16", "bf16"):
+        assert resolve_precision(fixed) == fixed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for avx512_bf16, amx, want in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "no")]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_precision("auto") == want, (avx512_bf16, amx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16_gpu, want in [(True, "bf16"), (False, "fp16")]:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda v=bf16_gpu: v)
+        assert resolve_precision("auto") == want
+
+
+def test_auto_precision_run_records_what_it_used(data_root, tmp_path):
+    from harness.config import get_experiment
+    from harness.train import resolve_precision
+
+    assert get_experiment("unet-mp-tr-bce").mixed_precision == "auto"  # `segvae train`'s UNet default
+    out = tmp_path / "auto"
+    cli("train", "unet-mp-tr-bce", "--data-root", data_root, "--out", out, *TINY_UNET, "--epochs", "1",
+        "--mixed-precision", "auto")
+    assert read(out / "config.json")["mixed_precision"] == "auto"  # the recipe, portable to other hosts
+    m = read(out / "metrics.json")
+    assert m["mixed_precision"] == resolve_precision("auto") and math.isfinite(m["test"]["dice"])
+
+
 def test_cvae_run_grid_and_metrics(data_root, tmp_path):
     out = tmp_path / "cvae"
     cli("train", "cvae-mnist", "--data-root", data_root, "--out", out, *TINY_CVAE)
