@@ -271,20 +271,9 @@ def _augment(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch
 
 def _bf16_ok() -> bool:
     """bf16 autocast on the CPU only where the CPU has native bf16 (it is slower elsewhere)."""
-    if os.environ.get("SEGVAE_JUDGE_BF16", "auto") in ("0", "no", "false"):
-        return False
-    try:
-        return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
-                    and _has_cpu_flag("avx512_bf16"))
-    except Exception:  # noqa: BLE001 - capability probing is best effort
-        return False
+    from harness.train import cpu_has_native_bf16
 
-
-def _has_cpu_flag(flag: str) -> bool:
-    try:
-        return flag in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return os.environ.get("SEGVAE_JUDGE_BF16", "auto") not in ("0", "no", "false") and cpu_has_native_bf16()
 
 
 # ----------------------------------------------------------------------------- helpers
