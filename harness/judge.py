@@ -144,6 +144,31 @@ def load_judge(out_dir: str | os.PathLike) -> Judge:
 
 
 # ----------------------------------------------------------------------------- training
+def judge_settings(dataset: str, data_root=None, epochs: int | None = None, seed: int = 0,
+                   max_train_samples: int | None = None) -> dict:
+    """What determines a trained judge (recorded in judge.json): `segvae run` reuses a judge whose
+    judge.json matches, instead of spending minutes retraining it."""
+    recipe = RECIPES[dataset]
+    return {"dataset": dataset, "arch": recipe["arch"], "epochs": epochs or recipe["epochs"], "seed": seed,
+            "recipe": {k: v for k, v in recipe.items() if k != "arch"},
+            "data_root": str(data_root) if data_root is not None else None,
+            "max_train_samples": max_train_samples}
+
+
+def judge_is_current(out_dir: str | os.PathLike, settings: dict) -> bool:
+    """True when out_dir holds a judge trained with exactly these settings (and its weights)."""
+    import json
+
+    out_dir = Path(out_dir)
+    try:
+        meta = json.loads((out_dir / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    want = json.loads(json.dumps(settings))  # tuples -> lists, as judge.json stores them
+    return (out_dir / WEIGHTS_FILE).is_file() and isinstance(meta, dict) and all(
+        meta.get(k) == v for k, v in want.items())
+
+
 def train_judge(dataset: str, data_root=None, out_dir=None, epochs: int | None = None, seed: int = 0,
                 threads: int | None = None, max_train_samples: int | None = None, log=print) -> dict:
     """Train the judge for `dataset` (mnist | cifar10) on its real training split.
@@ -182,21 +207,16 @@ def train_judge(dataset: str, data_root=None, out_dir=None, epochs: int | None =
         seconds = time.perf_counter() - t0
 
     meta = {
-        "dataset": dataset,
-        "arch": recipe["arch"],
+        **judge_settings(dataset, data_root, epochs, seed, max_train_samples),
         "val_acc": fit["best_val_acc"],
         "test_acc": test_acc,
-        "epochs": epochs,
         "best_epoch": fit["best_epoch"],
         "seconds": seconds,
         "train_seconds": fit["seconds"],
-        "seed": seed,
         "threads": torch.get_num_threads() if threads is None else threads,
         "counts": {k: int(len(v[1])) for k, v in data.items()},
-        "recipe": {k: v for k, v in recipe.items() if k != "arch"},
         "autocast": fit["autocast"],
         "history": fit["history"],
-        "data_root": str(data_root) if data_root is not None else None,
         "weights": WEIGHTS_FILE,
     }
     _save(out_dir, model, meta)

@@ -9,8 +9,9 @@ a fresh Accelerator and its own threads; export, bench and report run here. Outp
     OUT/report.html, report.md    the report
     OUT/pipeline.json             preset, commands, wall time
 
-Re-running with the same OUT reuses each finished run whose config is unchanged and resumes an
-interrupted one from its last epoch checkpoint; `--retrain` trains everything again.
+Re-running with the same OUT reuses each finished run whose config is unchanged (and each judge
+with unchanged settings) and resumes an interrupted run from its last epoch checkpoint; `--retrain`
+trains everything again.
 """
 from __future__ import annotations
 
@@ -152,7 +153,7 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
 
     # 2. judges for the CVAE datasets
     t = time.perf_counter()
-    judges = _train_judges(experiments, root, out, p, commands)
+    judges = _train_judges(experiments, root, out, p, commands, reused, retrain)
     for run in primary:
         _judge_run(run, judges, root)
     stage_seconds["judges"] = time.perf_counter() - t
@@ -235,8 +236,9 @@ def _child(argv: list[str], tag: str):
         raise UserError(f"{tag} failed (exit {proc.returncode}):\n" + "\n".join(tail))
 
 
-def _train_judges(experiments, root: Path, out: Path, p: Preset, commands: list[str]) -> dict:
-    from harness.judge import load_judge, train_judge
+def _train_judges(experiments, root: Path, out: Path, p: Preset, commands: list[str], reused: list[str],
+                  retrain: bool) -> dict:
+    from harness.judge import judge_is_current, judge_settings, load_judge, train_judge
 
     judges = {}
     for name in experiments:
@@ -244,13 +246,17 @@ def _train_judges(experiments, root: Path, out: Path, p: Preset, commands: list[
         if cfg.task != "cvae" or cfg.dataset in judges:
             continue
         jdir = out / "judges" / cfg.dataset
-        print(f"[judge {cfg.dataset}] training the label-swap judge", flush=True)
-        train_judge(cfg.dataset, root, out_dir=jdir, epochs=p.judge_epochs)
+        if not retrain and judge_is_current(jdir, judge_settings(cfg.dataset, root, p.judge_epochs)):
+            print(f"[judge {cfg.dataset}] reusing the judge in {jdir} (same settings; --retrain to redo it)",
+                  flush=True)
+            reused.append(f"judges/{cfg.dataset}")
+        else:
+            print(f"[judge {cfg.dataset}] training the label-swap judge", flush=True)
+            train_judge(cfg.dataset, root, out_dir=jdir, epochs=p.judge_epochs)
         commands.append(f"python -c \"from harness.judge import train_judge; "
-                        f"train_judge('{cfg.dataset}', '{root}', out_dir='{jdir}')\"")
+                        f"train_judge('{cfg.dataset}', '{root}', out_dir='{jdir}', epochs={p.judge_epochs})\"")
         judges[cfg.dataset] = load_judge(jdir)
     return judges
-
 
 
 def _judge_run(run: Path, judges: dict, root: Path):

@@ -628,8 +628,8 @@ def _reproduce_section(res: Results) -> list[Block]:
                              f"wall time {fmt(p.get('wall_seconds'), 1)} s"))
     reused = p.get("reused_runs") or []
     if isinstance(reused, list) and reused:
-        blocks.append(Block("p", f"Reused finished runs (same config, trained before this invocation; their "
-                                 f"train command is listed below): {', '.join(map(_text, reused))}"))
+        blocks.append(Block("p", f"Reused finished runs and judges (same config, trained before this invocation; "
+                                 f"their commands are listed below): {', '.join(map(_text, reused))}"))
     cmds = p.get("commands") or []
     if isinstance(cmds, list) and cmds:
         blocks.append(Block("code", "\n".join(str(c) for c in cmds)))

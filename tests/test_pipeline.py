@@ -1,7 +1,9 @@
 """`segvae run` presets: which configs and seeds each task gets (no training here)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from harness.config import get_experiment
 from harness.errors import UserError
@@ -104,3 +106,41 @@ def test_pipeline_reuses_finished_runs_resumes_others_and_retrains_on_request(tm
         assert (tmp_path / "unet-mp-tr-bce" / "metrics.json").exists()
     # the stale run's old results are gone before it retrains, so a crash cannot pair them with the new config
     assert not (tmp_path / "unet-sc-up-dice" / "metrics.json").exists()
+
+
+def test_judges_are_reused_only_with_the_same_settings(tmp_path, data_root, monkeypatch):
+    """A second `segvae run` reuses the judge a first one trained (same dataset, epochs, data root,
+    recipe), retrains it when those change or its weights are gone, and always with --retrain."""
+    import harness.judge as judge_mod
+    import harness.pipeline as pipeline
+    from harness.judge import judge_is_current, judge_settings
+
+    trained = []
+    real_train = judge_mod.train_judge
+    monkeypatch.setattr(judge_mod, "train_judge",
+                        lambda ds, root, **kw: trained.append((ds, kw["epochs"])) or real_train(ds, root, threads=1, **kw))
+    p1 = pipeline.Preset("test", judge_epochs=1)
+
+    def judges(preset, retrain=False):
+        reused, commands = [], []
+        got = pipeline._train_judges(["cvae-mnist"], data_root, tmp_path, preset, commands, reused, retrain)
+        assert "epochs=" + str(preset.judge_epochs) in commands[0]  # the command says how it was trained
+        return got, reused
+
+    first, reused = judges(p1)
+    assert trained == [("mnist", 1)] and reused == []
+    jdir = tmp_path / "judges" / "mnist"
+    assert judge_is_current(jdir, judge_settings("mnist", data_root, 1))
+    assert not judge_is_current(jdir, judge_settings("mnist", data_root, 2))
+    assert not judge_is_current(jdir, judge_settings("mnist", tmp_path / "elsewhere", 1))
+
+    again, reused = judges(p1)
+    assert trained == [("mnist", 1)] and reused == ["judges/mnist"]
+    x = torch.rand(4, 1, 28, 28)
+    np.testing.assert_array_equal(again["mnist"].predict(x), first["mnist"].predict(x))  # the same weights
+
+    judges(p1, retrain=True)
+    judges(pipeline.Preset("test", judge_epochs=2))
+    (jdir / "judge.safetensors").unlink()
+    judges(pipeline.Preset("test", judge_epochs=2))
+    assert trained == [("mnist", 1), ("mnist", 1), ("mnist", 2), ("mnist", 2)]

@@ -90,7 +90,7 @@ def _results(runs: Path, bench: bool = True) -> dict:
                                   "command": "segvae bench runs/x"},
             "peak": {"fp32_gflops": 200.0}, "skipped": {"ort-cuda": "no CUDA <GPU>"}, "results": records})
     _write(runs / "pipeline.json", {"preset": "quick", "commands": ["segvae train unet-mp-tr-bce"],
-                                    "wall_seconds": 12.5, "data_root": "/data", "reused_runs": ["cvae-mnist"]})
+                                    "wall_seconds": 12.5, "data_root": "/data", "reused_runs": ["cvae-mnist", "judges/mnist"]})
     return {"grid": grid}
 
 
@@ -175,8 +175,8 @@ def test_report_tables_match_json(tmp_path):
     skipped = table_with(tables, "reason")
     assert skipped["rows"] == [["ort-cuda", "no CUDA &lt;GPU&gt;"]]
     assert "segvae train unet-mp-tr-bce" in md
-    assert "Reused finished runs (same config, trained before this invocation; their train command is listed " \
-           "below): cvae-mnist" in md
+    assert "Reused finished runs and judges (same config, trained before this invocation; their commands are " \
+           "listed below): cvae-mnist, judges/mnist" in md
 
     # the markdown's images exist in report_assets/
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
