@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs")
     run.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
     run.add_argument("--retrain", action="store_true",
-                     help="train every run again (default: reuse finished runs in --out whose config is "
-                          "unchanged, resume interrupted ones)")
+                     help="train every run and judge again (default: reuse finished runs and judges in --out "
+                          "whose settings are unchanged, resume interrupted runs)")
     return p
 
 
