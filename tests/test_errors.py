@@ -208,7 +208,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_root, tmp_
     import harness.train as T
     from harness.config import get_experiment
 
-    cfg = get_experiment("unet-mp-tr-bce").with_base_channels(4).replace(image_size=32, epochs=3, batch_size=4)
+    cfg = get_experiment("unet-mp-tr-bce").with_base_channels(4).replace(image_size=32, epochs=3, batch_size=4,
+                                                                         mixed_precision="no")  # as TINY_UNET
     real_loss, calls = T.train_loss, {"n": 0}
     steps_per_epoch = 2  # 10 train images, batch 4, drop_last
 
