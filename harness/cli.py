@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from harness.config import PRECISIONS
 from harness.errors import UserError
 
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive_float)
     t.add_argument("--image-size", type=_positive_int)
     t.add_argument("--base-channels", type=_positive_int)
-    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16", "auto"],
+    t.add_argument("--mixed-precision", choices=PRECISIONS,
                    help="auto (the UNets' default): bf16 where the CPU/GPU has native bf16, else fp32")
     t.add_argument("--seed", type=int)
     t.add_argument("--kl-weight", type=float)

@@ -159,10 +159,12 @@ def judge_is_current(out_dir: str | os.PathLike, settings: dict) -> bool:
     """True when out_dir holds a judge trained with exactly these settings (and its weights)."""
     import json
 
+    from harness.io import read_json
+
     out_dir = Path(out_dir)
     try:
-        meta = json.loads((out_dir / META_FILE).read_text())
-    except (OSError, ValueError):
+        meta = read_json(out_dir / META_FILE, "judge metadata")
+    except (UserError, OSError):
         return False
     want = json.loads(json.dumps(settings))  # tuples -> lists, as judge.json stores them
     return (out_dir / WEIGHTS_FILE).is_file() and isinstance(meta, dict) and all(
