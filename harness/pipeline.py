@@ -55,7 +55,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "A quick CPU look (README's first command): the embedded sample, small widths, short runs; "
-        "about 6 minutes on 2 cores with bf16, 8 in fp32.",
+        "6-7 minutes on 2 cores with bf16, 8 in fp32.",
         segmentation={"epochs": 25, "image_size": 128, "batch_size": 8, "lr": 3e-3},
         cvae={"epochs": 20, "batch_size": 64, "early_stop_patience": None},
         unet_channels=16, cvae_channels=32, judge_epochs=10,
