@@ -5,7 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+
+# torch's CUDA build takes about 5.5 GB in the venv. A full disk otherwise fails deep inside pip
+# ("[Errno 28] No space left on device") after minutes, so check first and say what is needed.
+NEED_GB=${SEGVAE_SETUP_MIN_FREE_GB:-8}
+if ! { [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, torchvision" 2>/dev/null; }; then
+  free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+  if [ "$free_kb" -lt $((NEED_GB * 1024 * 1024)) ]; then
+    echo "setup.sh: only $((free_kb / 1024)) MB free on the disk holding $(pwd)/.venv;" \
+         "installing torch and torchvision needs about ${NEED_GB} GB (SEGVAE_SETUP_MIN_FREE_GB changes this check)" >&2
+    exit 1
+  fi
+fi
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 echo "environment ready: $(pwd)/.venv"

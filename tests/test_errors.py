@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +244,15 @@ def test_wandb_offline_without_account(data_root, tmp_path):
     p = run_cli(*TRAIN, "--data-root", data_root, "--out", out, "--log-with", "wandb", env=env)
     assert "logging to wandb (offline)" in p.stdout + p.stderr
     assert list((out / "wandb").glob("wandb/offline-run-*")), list((out / "wandb").rglob("*"))[:5]
+
+
+def test_setup_script_refuses_a_full_disk_before_installing(tmp_path):
+    """setup.sh checks free space first: CI once died in pip with 'No space left on device'."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "scripts/setup.sh", tmp_path / "scripts")
+    env = {**os.environ, "SEGVAE_SETUP_MIN_FREE_GB": str(10**9)}  # an exabyte: more than any disk has
+    p = subprocess.run(["bash", str(tmp_path / "scripts/setup.sh")], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "MB free" in p.stderr and f"{tmp_path}/.venv" in p.stderr and "SEGVAE_SETUP_MIN_FREE_GB" in p.stderr
+    assert not (tmp_path / ".venv").exists()
