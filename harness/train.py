@@ -219,9 +219,17 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
     if mixed == "fp16" and not torch.cuda.is_available():
         raise UserError("--mixed-precision fp16 needs a GPU (fp16 matmuls on this CPU are unusable); "
                         "use bf16 on the CPU")
-    accelerator = Accelerator(mixed_precision=mixed, log_with=None if log_with == "none" else log_with,
-                              project_dir=str(out_dir), cpu=not torch.cuda.is_available(),
-                              dynamo_backend="inductor" if cfg.compile else "no")
+    try:
+        accelerator = Accelerator(mixed_precision=mixed, log_with=None if log_with == "none" else log_with,
+                                  project_dir=str(out_dir), cpu=not torch.cuda.is_available(),
+                                  dynamo_backend="inductor" if cfg.compile else "no")
+    except ValueError as e:
+        if "already been initialized" not in str(e):
+            raise
+        # Accelerate keeps one mixed precision per process; say so instead of its "restart your runtime".
+        raise UserError(f"this Python process already trained with another mixed precision, and Accelerate "
+                        f"allows one per process: run this training (mixed precision {mixed!r}, from "
+                        f"{cfg.mixed_precision!r}) in a new process, as each `segvae train` does") from None
     _check_resume(cfg, out_dir, resume)
     set_seed(cfg.seed)
 

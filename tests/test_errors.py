@@ -228,6 +228,22 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data_root, tmp_
     assert state["epoch"] == 1 and not (out / "metrics.json").exists()
 
 
+def test_second_precision_in_one_process_is_a_clear_error(data_root, tmp_path):
+    """Accelerate allows one mixed precision per process; a library caller gets told, and nothing is written."""
+    from accelerate import Accelerator
+
+    import harness.train as T
+    from harness.config import get_experiment
+
+    Accelerator(mixed_precision="no", cpu=True)  # what an earlier fp32 training in this process leaves
+    cfg = get_experiment("unet-mp-tr-bce").with_base_channels(4).replace(image_size=32, epochs=1, batch_size=4,
+                                                                         mixed_precision="bf16")
+    out = tmp_path / "bf16"
+    with pytest.raises(UserError, match=r"already trained with another mixed precision.*'bf16'.*new process"):
+        T.train(cfg, out, data_root=data_root)
+    assert not (out / "config.json").exists()
+
+
 def test_failing_wandb_init_continues_and_says_so(data_root, tmp_path):
     pytest.importorskip("wandb")
     out = tmp_path / "wb"
