@@ -227,9 +227,10 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         if "already been initialized" not in str(e):
             raise
         # Accelerate keeps one mixed precision per process; say so instead of its "restart your runtime".
+        asked = "" if cfg.mixed_precision == mixed else f", resolved from {cfg.mixed_precision!r}"
         raise UserError(f"this Python process already trained with another mixed precision, and Accelerate "
-                        f"allows one per process: run this training (mixed precision {mixed!r}, from "
-                        f"{cfg.mixed_precision!r}) in a new process, as each `segvae train` does") from None
+                        f"allows one per process: run this training (mixed precision {mixed!r}{asked}) in a "
+                        f"new process, as each `segvae train` does") from None
     _check_resume(cfg, out_dir, resume)
     set_seed(cfg.seed)
 
