@@ -1,5 +1,4 @@
-"""One exception type for mistakes a user can fix: the CLI prints it without a traceback."""
+"""The user-facing error type, defined in models.errors so that every layer can raise it."""
+from models.errors import UserError
 
-
-class UserError(Exception):
-    """Bad input, settings or files: the message names the thing and what was expected."""
+__all__ = ["UserError"]
