@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.checkpoint import save_config, save_weights
+from harness.run_folder import save_config, save_weights
 from harness.config import get_experiment
 from models import build_model
 

@@ -297,16 +297,43 @@ class LabelledImages(Dataset):
         return LabelledImages(self.images[idx], self.labels[idx], self.classes)
 
 
+def _mnist_files(root: Path) -> list[Path]:
+    raw = root / "MNIST" / "raw"
+    return [raw / f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+
+
+def _check_idx(path: Path) -> None:
+    """The IDX header's counts must match the file's size: name the file and the numbers if not.
+
+    Why: torchvision reports a truncated file as "shape ... is invalid", naming neither."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    magic = int.from_bytes(head[:4], "big") if len(head) >= 4 else -1
+    dims = {0x801: 1, 0x803: 3}.get(magic)
+    if dims is None or len(head) < 4 + 4 * dims:
+        raise UserError(f"{path}: not an MNIST IDX file (expected magic 0x00000801 for labels or 0x00000803 "
+                        f"for images, found {head[:4].hex() or 'an empty file'})")
+    shape = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    expected = 4 + 4 * dims + math.prod(shape)
+    if size != expected:
+        what = (f"{shape[0]:,} {shape[1]}x{shape[2]} images" if dims == 3 else f"{shape[0]:,} labels")
+        raise UserError(f"{path}: expected {expected:,} bytes for {what} (header says {shape[0]:,}), found {size:,}")
+
+
 def _load_mnist(root: Path, train: bool, download: bool) -> LabelledImages:
     from torchvision.datasets import MNIST
 
     raw = root / "MNIST" / "raw"
-    need = [raw / f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+    need = _mnist_files(root)
     missing = [p.name for p in need if not p.is_file()]
     if missing and not download:
         raise UserError(f"MNIST raw files missing in {raw}: {', '.join(missing)} (expected uncompressed "
                         f"{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte, torchvision MNIST layout); "
                         "use --download if you are online")
+    for path in need:
+        if path.is_file():
+            _check_idx(path)
     try:
         ds = MNIST(str(root), train=train, download=download)
     except Exception as e:  # truncated or foreign IDX files surface as assorted errors
@@ -362,6 +389,39 @@ def _load_cifar(root: Path, train: bool, download: bool) -> LabelledImages:
         return _load_cifar_png(png / split)
     raise UserError(f"CIFAR-10 not found under {root}: expected {root / 'cifar-10-batches-py'} (torchvision "
                     f"CIFAR10 layout) or {png}/{{train,test}}/<class>/*.png; use --download if you are online")
+
+
+# ---------------------------------------------------------------------------- fingerprint
+def dataset_files(dataset: str, root: Path) -> list[Path]:
+    """The files the loader reads for a dataset under root (both splits)."""
+    if dataset == "pets":
+        base = root / "oxford-iiit-pet" / "annotations"
+        files = [base / "trainval.txt", base / "test.txt"]
+        for split in ("trainval", "test"):
+            images, segs = _pet_files(root, split, download=False)
+            files += images + segs
+        return files
+    if dataset == "mnist":
+        return _mnist_files(root)
+    if dataset == "cifar10":
+        batches = root / "cifar-10-batches-py"
+        found = batches.glob("*") if batches.is_dir() else (root / "cifar10-png").glob("*/*/*.png")
+        return sorted(p for p in found if p.is_file())
+    raise UserError(f"unknown dataset {dataset!r}: expected one of pets, mnist, cifar10")
+
+
+def data_fingerprint(dataset: str, root: str | os.PathLike) -> dict:
+    """sha256 over the sorted (relative name, size) of the files the loader reads: cheap (no
+    content read), and it changes when a file is added, removed, renamed or resized."""
+    root = Path(root)
+    files = sorted(dataset_files(dataset, root))
+    h = hashlib.sha256()
+    total = 0
+    for p in files:
+        size = p.stat().st_size if p.is_file() else -1
+        total += max(size, 0)
+        h.update(f"{p.relative_to(root).as_posix()}\t{size}\n".encode())
+    return {"dataset": dataset, "files": len(files), "bytes": total, "sha256": h.hexdigest()[:16]}
 
 
 # ---------------------------------------------------------------------------- splits

@@ -201,7 +201,7 @@ def run_state(run: Path, cfg: ExperimentConfig) -> str:
     finished training. Configs are compared through ExperimentConfig, so a config.json written
     before a field with a default was added still matches.
     """
-    from harness.checkpoint import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_config
+    from harness.run_folder import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_config
 
     if not (run / CONFIG_FILE).is_file():
         return "none"
@@ -216,7 +216,7 @@ def run_state(run: Path, cfg: ExperimentConfig) -> str:
 def _forget_result(run: Path):
     """A run directory about to be retrained with another config loses its old metrics first, so a
     crash part-way can never pair the new config with the old results."""
-    from harness.checkpoint import METRICS_FILE
+    from harness.run_folder import METRICS_FILE
 
     (run / METRICS_FILE).unlink(missing_ok=True)
 
@@ -264,7 +264,7 @@ def _judge_run(run: Path, judges: dict, root: Path):
     every test image swapped to a random wrong label."""
     import torch
 
-    from harness.checkpoint import METRICS_FILE, load_run
+    from harness.run_folder import METRICS_FILE, load_run
     from harness.data import build_splits
     from harness.io import read_json
     from harness.labelswap import swap_inputs

@@ -19,7 +19,7 @@ from PIL import Image
 
 from exports.onnx_export import OPSET, build_metadata, export_run, graph_specs
 from exports.session import OrtSession
-from harness.checkpoint import load_run, save_config, save_weights
+from harness.run_folder import load_run, save_config, save_weights
 from harness.config import get_experiment
 from harness.errors import UserError
 from models import build_model
