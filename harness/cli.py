@@ -1,4 +1,4 @@
-"""`segvae` command line: train, export, predict, bench, report, run.
+"""`segvae` command line: train, judge, export, predict, bench, report, run.
 
 Every subcommand is a thin parser over one function in its own module. A UserError prints
 one clear line and exits 2; `--debug` shows the traceback instead.
@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in --out (checkpoints are taken at each epoch's end)")
 
+    j = sub.add_parser("judge", help="train the label-swap judge of a dataset; with --runs, score CVAE runs")
+    j.add_argument("dataset", choices=["mnist", "cifar10"])
+    j.add_argument("--data-root", help="dataset root (default: the data --runs recorded, else the embedded sample)")
+    j.add_argument("--out", help="judge folder (default: runs/judges/DATASET)")
+    j.add_argument("--epochs", type=_positive_int, help="default: the judge recipe's")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--runs", nargs="+", default=[], help="CVAE run folders to score (writes RUN/labelswap.json)")
+    j.add_argument("--retrain", action="store_true",
+                   help="train again even when --out holds a judge with the same settings")
+
     e = sub.add_parser("export", help="export a trained run to ONNX and check parity")
     e.add_argument("run_dir")
     e.add_argument("--quantize", choices=["int8"])
@@ -109,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=_positive_int)
     b.add_argument("--min-queries", type=_positive_int)
     b.add_argument("--min-duration", type=_positive_float, help="seconds per measurement")
+    b.add_argument("--warmup", type=int, help="untimed queries before each measurement")
+    b.add_argument("--judges", help="folder of label-swap judges (OUT/judges) to score CVAE swaps with")
     b.add_argument("--server-rate", type=_positive_float, help="queries/s for the server scenario")
     b.add_argument("--latency-bound-ms", type=_positive_float)
     b.add_argument("--accuracy-samples", type=_positive_int)
@@ -164,6 +176,25 @@ def _train(a) -> int:
     return 0
 
 
+def _judge(a) -> int:
+    from pathlib import Path
+
+    from harness.judge import judge_is_current, judge_settings, load_judge, train_judge
+    from harness.pipeline import _judge_run
+    from harness.run_folder import data_root_for
+
+    root = a.data_root if a.data_root or not a.runs else str(data_root_for(a.runs[0], None, "segvae judge"))
+    out = Path(a.out) if a.out else Path("runs") / "judges" / a.dataset
+    if not a.retrain and judge_is_current(out, judge_settings(a.dataset, root, a.epochs, a.seed)):
+        print(f"[judge {a.dataset}] reusing the judge in {out} (same settings; --retrain to redo it)", flush=True)
+    else:
+        train_judge(a.dataset, root, out_dir=out, epochs=a.epochs, seed=a.seed)
+    judges = {a.dataset: load_judge(out)}
+    for run in a.runs:
+        _judge_run(Path(run), judges, root)
+    return 0
+
+
 def _export(a) -> int:
     from exports.onnx_export import export_run
 
@@ -174,7 +205,7 @@ def _export(a) -> int:
 
 
 def _predict(a) -> int:
-    from harness.predict import predict
+    from exports.predict import predict
 
     predict(a.onnx, a.images, a.out, threads=a.threads)
     return 0
@@ -182,12 +213,14 @@ def _predict(a) -> int:
 
 def _bench(a) -> int:
     from harness.bench import BenchConfig, run_bench
+    from harness.pipeline import load_judges
 
     fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "threads", "min_queries",
                                          "min_duration", "server_rate", "latency_bound_ms", "accuracy_samples",
-                                         "ort_opt_level")}
+                                         "ort_opt_level", "warmup")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
-    run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv)
+    judge_fn = load_judges(a.judges) if a.judges else None
+    run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv, judge_fn=judge_fn)
     return 0
 
 
@@ -206,7 +239,7 @@ def _run(a) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "export": _export, "predict": _predict, "bench": _bench,
+COMMANDS = {"train": _train, "judge": _judge, "export": _export, "predict": _predict, "bench": _bench,
             "report": _report, "run": _run}
 
 

@@ -28,17 +28,13 @@ from torch.utils.data import Dataset
 
 from harness.errors import UserError
 from harness.io import atomic_write
+from models.preprocessing import (CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, MASK_RULE,  # noqa: F401 (re-exported)
+                                  MNIST_CLASSES, PET_CLASSES, class_names)
 
 if TYPE_CHECKING:
     from harness.config import ExperimentConfig
 
 PACKAGE_SAMPLE_ROOT: Path = Path(__file__).parent / "sample_data"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-MNIST_CLASSES = tuple(str(i) for i in range(10))
-PET_CLASSES = ("background", "pet")
-MASK_RULE = "trimap 1 (pet) and 3 (border) -> 1; 2 (background) -> 0"
 
 _CACHE_VERSION = "segvae-data-v1"  # bump when decoding/resizing changes, so old caches are not reused
 PET_LAYOUT = ("expected <root>/oxford-iiit-pet/images and annotations/trimaps (torchvision OxfordIIITPet "
@@ -53,13 +49,6 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
         what = "embedded sample data (reinstall the package)" if data_root is None else "a directory"
         raise UserError(f"data root not found: {root} (expected {what})")
     return root
-
-
-def class_names(dataset: str) -> tuple[str, ...]:
-    names = {"pets": PET_CLASSES, "mnist": MNIST_CLASSES, "cifar10": CIFAR10_CLASSES}
-    if dataset not in names:
-        raise UserError(f"unknown dataset {dataset!r}: expected one of {', '.join(names)}")
-    return names[dataset]
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,11 +98,9 @@ def _open_image(path: Path, what: str) -> Image.Image:
 
 
 def _progress(items: Sequence, desc: str):
-    """A tqdm bar on stderr when it is a terminal (disable=None); plain iteration without tqdm."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency, but loading must not need it
-        return items
+    """A tqdm bar on stderr when it is a terminal (disable=None)."""
+    from tqdm.auto import tqdm
+
     return tqdm(items, desc=desc, disable=None, file=sys.stderr, leave=False, unit="img")
 
 
