@@ -24,8 +24,8 @@ def test_preset_configs_apply_overrides_on_the_registry():
     unet = preset_config("unet-sc-up-dice", PRESETS["cpu"], seed=2)
     base = get_experiment("unet-sc-up-dice")
     assert unet.mixed_precision == "bf16" and unet.seed == 2
-    assert (unet.epochs, unet.batch_size, unet.model["base_channels"]) == (base.epochs, base.batch_size,
-                                                                          base.model["base_channels"])
+    assert (unet.epochs, unet.batch_size, unet.model.base_channels) == (base.epochs, base.batch_size,
+                                                                         base.model.base_channels)
     cvae = preset_config("cvae-mnist", PRESETS["cpu"], seed=0)
     assert cvae.kl_weight == 8.0 and cvae.early_stop_patience is None
     assert preset_config("cvae-cifar10", PRESETS["gpu"], seed=0).kl_weight == 4.0
