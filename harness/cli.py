@@ -51,11 +51,8 @@ def _csv_seeds(s: str) -> list[int]:
     return seeds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segvae", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _train_parser(sub) -> None:
+    """`segvae train EXPERIMENT`: the registry recipe, flags override it."""
     t = sub.add_parser("train", help="train one experiment (works under `accelerate launch`)")
     t.add_argument("experiment")
     t.add_argument("--config", help="JSON config to start from (e.g. a run's config.json); flags override it")
@@ -67,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=_positive_int)
     t.add_argument("--base-channels", type=_positive_int)
     t.add_argument("--mixed-precision", choices=PRECISIONS,
-                   help="auto (the UNets' default): bf16 where the CPU/GPU has native bf16, else fp32")
+                   help="auto (the UNets' default): bf16 where the CPU/GPU has native bf16, fp16 on GPUs without it, "
+                        "else fp32")
     t.add_argument("--seed", type=int)
     t.add_argument("--kl-weight", type=float)
     t.add_argument("--max-train-samples", type=_positive_int)
@@ -81,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in --out (checkpoints are taken at each epoch's end)")
 
+
+def _judge_parser(sub) -> None:
+    """`segvae judge DATASET`: the label-swap judge, and with --runs its scores of CVAE runs."""
     j = sub.add_parser("judge", help="train the label-swap judge of a dataset; with --runs, score CVAE runs")
     j.add_argument("dataset", choices=["mnist", "cifar10"])
     j.add_argument("--data-root", help="dataset root (default: the data --runs recorded, else the embedded sample)")
@@ -90,6 +91,38 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--runs", nargs="+", default=[], help="CVAE run folders to score (writes RUN/labelswap.json)")
     j.add_argument("--retrain", action="store_true",
                    help="train again even when --out holds a judge with the same settings")
+
+
+def _predict_parser(sub) -> None:
+    """`segvae predict`: the ORT-only deployment path (exports.predict)."""
+    pr = sub.add_parser("predict", help="masks and overlays with ONNX Runtime only")
+    pr.add_argument("--onnx", required=True)
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--out", default="predictions")
+    pr.add_argument("--threads", type=_positive_int)
+
+
+def _run_parser(sub) -> None:
+    """`segvae run`: the whole pipeline from a preset (harness.pipeline)."""
+    run = sub.add_parser("run", help="train, export, bench and report in one go")
+    run.add_argument("--preset", default="quick")
+    run.add_argument("--data-root")
+    run.add_argument("--experiments", type=_csv)
+    run.add_argument("--seeds", type=_csv_seeds, help="comma list, e.g. 0,1,2 (default: the preset's)")
+    run.add_argument("--out", default="runs")
+    run.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
+    run.add_argument("--retrain", action="store_true",
+                     help="train every run and judge again (default: reuse finished runs and judges in --out "
+                          "whose settings are unchanged, resume interrupted runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segvae", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _train_parser(sub)
+    _judge_parser(sub)
 
     e = sub.add_parser("export", help="export a trained run to ONNX and check parity")
     e.add_argument("run_dir")
@@ -104,11 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UNet int8: quantize the graph with its ConvTranspose (which then runs fp32 on ORT's CPU EP) "
                         "instead of the 1x1 Conv + DepthToSpace form")
 
-    pr = sub.add_parser("predict", help="masks and overlays with ONNX Runtime only")
-    pr.add_argument("--onnx", required=True)
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--out", default="predictions")
-    pr.add_argument("--threads", type=_positive_int)
+    _predict_parser(sub)
 
     b = sub.add_parser("bench", help="PyTorch vs ONNX Runtime: speed and accuracy")
     b.add_argument("run_dirs", nargs="+")
@@ -132,16 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs_dir")
     r.add_argument("--out", help="folder for the report (default: RUNS_DIR)")
 
-    run = sub.add_parser("run", help="train, export, bench and report in one go")
-    run.add_argument("--preset", default="quick")
-    run.add_argument("--data-root")
-    run.add_argument("--experiments", type=_csv)
-    run.add_argument("--seeds", type=_csv_seeds, help="comma list, e.g. 0,1,2 (default: the preset's)")
-    run.add_argument("--out", default="runs")
-    run.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
-    run.add_argument("--retrain", action="store_true",
-                     help="train every run and judge again (default: reuse finished runs and judges in --out "
-                          "whose settings are unchanged, resume interrupted runs)")
+    _run_parser(sub)
     return p
 
 
