@@ -71,3 +71,14 @@ def test_fingerprint_changes_when_a_data_file_changes(tmp_path):
     raw = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     raw.write_bytes(raw.read_bytes() + b"\0")
     assert data_fingerprint("mnist", root)["sha256"] != first["sha256"]
+
+
+def test_judge_of_a_run_without_a_record_names_the_missing_data_root(tmp_path, capsys):
+    """`segvae judge mnist --runs RUN` defaults to the run's data; an unrecorded run is exit 2, not the sample."""
+    from harness.cli import main
+
+    save_config(tmp_path / "run", get_experiment("cvae-mnist"))
+    assert main(["judge", "mnist", "--out", str(tmp_path / "j"), "--runs", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / RUN_FILE} not found" in err and "segvae judge needs the run's data" in err
+    assert not (tmp_path / "j").exists()
