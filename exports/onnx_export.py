@@ -388,7 +388,7 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     int8_pixel_shuffle_up choose the UNet's graph rewrites (see REWRITES; the second applies to the
     graph that is quantized, itself exported and parity-checked first). Returns the export.json dict.
     """
-    from harness.checkpoint import load_run
+    from harness.run_folder import load_run
 
     if quantize not in (None, "int8"):
         raise UserError(f"invalid quantize={quantize!r}: expected 'int8' or None")

@@ -1,4 +1,4 @@
-"""`segvae` command line: train, export, predict, bench, report, run.
+"""`segvae` command line: train, judge, export, predict, bench, report, run.
 
 Every subcommand is a thin parser over one function in its own module. A UserError prints
 one clear line and exits 2; `--debug` shows the traceback instead.
@@ -51,11 +51,8 @@ def _csv_seeds(s: str) -> list[int]:
     return seeds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segvae", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _train_parser(sub) -> None:
+    """`segvae train EXPERIMENT`: the registry recipe, flags override it."""
     t = sub.add_parser("train", help="train one experiment (works under `accelerate launch`)")
     t.add_argument("experiment")
     t.add_argument("--config", help="JSON config to start from (e.g. a run's config.json); flags override it")
@@ -67,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=_positive_int)
     t.add_argument("--base-channels", type=_positive_int)
     t.add_argument("--mixed-precision", choices=PRECISIONS,
-                   help="auto (the UNets' default): bf16 where the CPU/GPU has native bf16, else fp32")
+                   help="auto (the UNets' default): bf16 where the CPU/GPU has native bf16, fp16 on GPUs without it, "
+                        "else fp32")
     t.add_argument("--seed", type=int)
     t.add_argument("--kl-weight", type=float)
     t.add_argument("--max-train-samples", type=_positive_int)
@@ -80,6 +78,51 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
     t.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in --out (checkpoints are taken at each epoch's end)")
+
+
+def _judge_parser(sub) -> None:
+    """`segvae judge DATASET`: the label-swap judge, and with --runs its scores of CVAE runs."""
+    j = sub.add_parser("judge", help="train the label-swap judge of a dataset; with --runs, score CVAE runs")
+    j.add_argument("dataset", choices=["mnist", "cifar10"])
+    j.add_argument("--data-root", help="dataset root (default: the data --runs recorded, else the embedded sample)")
+    j.add_argument("--out", help="judge folder (default: runs/judges/DATASET)")
+    j.add_argument("--epochs", type=_positive_int, help="default: the judge recipe's")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--runs", nargs="+", default=[], help="CVAE run folders to score (writes RUN/labelswap.json)")
+    j.add_argument("--retrain", action="store_true",
+                   help="train again even when --out holds a judge with the same settings")
+
+
+def _predict_parser(sub) -> None:
+    """`segvae predict`: the ORT-only deployment path (exports.predict)."""
+    pr = sub.add_parser("predict", help="masks and overlays with ONNX Runtime only")
+    pr.add_argument("--onnx", required=True)
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--out", default="predictions")
+    pr.add_argument("--threads", type=_positive_int)
+
+
+def _run_parser(sub) -> None:
+    """`segvae run`: the whole pipeline from a preset (harness.pipeline)."""
+    run = sub.add_parser("run", help="train, export, bench and report in one go")
+    run.add_argument("--preset", default="quick")
+    run.add_argument("--data-root")
+    run.add_argument("--experiments", type=_csv)
+    run.add_argument("--seeds", type=_csv_seeds, help="comma list, e.g. 0,1,2 (default: the preset's)")
+    run.add_argument("--out", default="runs")
+    run.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
+    run.add_argument("--retrain", action="store_true",
+                     help="train every run and judge again (default: reuse finished runs and judges in --out "
+                          "whose settings are unchanged, resume interrupted runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segvae", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _train_parser(sub)
+    _judge_parser(sub)
 
     e = sub.add_parser("export", help="export a trained run to ONNX and check parity")
     e.add_argument("run_dir")
@@ -94,11 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UNet int8: quantize the graph with its ConvTranspose (which then runs fp32 on ORT's CPU EP) "
                         "instead of the 1x1 Conv + DepthToSpace form")
 
-    pr = sub.add_parser("predict", help="masks and overlays with ONNX Runtime only")
-    pr.add_argument("--onnx", required=True)
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--out", default="predictions")
-    pr.add_argument("--threads", type=_positive_int)
+    _predict_parser(sub)
 
     b = sub.add_parser("bench", help="PyTorch vs ONNX Runtime: speed and accuracy")
     b.add_argument("run_dirs", nargs="+")
@@ -109,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=_positive_int)
     b.add_argument("--min-queries", type=_positive_int)
     b.add_argument("--min-duration", type=_positive_float, help="seconds per measurement")
+    b.add_argument("--warmup", type=int, help="untimed queries before each measurement")
+    b.add_argument("--judges", help="folder of label-swap judges (OUT/judges) to score CVAE swaps with")
     b.add_argument("--server-rate", type=_positive_float, help="queries/s for the server scenario")
     b.add_argument("--latency-bound-ms", type=_positive_float)
     b.add_argument("--accuracy-samples", type=_positive_int)
@@ -120,16 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs_dir")
     r.add_argument("--out", help="folder for the report (default: RUNS_DIR)")
 
-    run = sub.add_parser("run", help="train, export, bench and report in one go")
-    run.add_argument("--preset", default="quick")
-    run.add_argument("--data-root")
-    run.add_argument("--experiments", type=_csv)
-    run.add_argument("--seeds", type=_csv_seeds, help="comma list, e.g. 0,1,2 (default: the preset's)")
-    run.add_argument("--out", default="runs")
-    run.add_argument("--log-with", choices=["wandb", "tensorboard", "none"], default="none")
-    run.add_argument("--retrain", action="store_true",
-                     help="train every run and judge again (default: reuse finished runs and judges in --out "
-                          "whose settings are unchanged, resume interrupted runs)")
+    _run_parser(sub)
     return p
 
 
@@ -164,6 +196,25 @@ def _train(a) -> int:
     return 0
 
 
+def _judge(a) -> int:
+    from pathlib import Path
+
+    from harness.judge import judge_is_current, judge_settings, load_judge, train_judge
+    from harness.pipeline import _judge_run
+    from harness.run_folder import data_root_for
+
+    root = a.data_root if a.data_root or not a.runs else str(data_root_for(a.runs[0], None, "segvae judge"))
+    out = Path(a.out) if a.out else Path("runs") / "judges" / a.dataset
+    if not a.retrain and judge_is_current(out, judge_settings(a.dataset, root, a.epochs, a.seed)):
+        print(f"[judge {a.dataset}] reusing the judge in {out} (same settings; --retrain to redo it)", flush=True)
+    else:
+        train_judge(a.dataset, root, out_dir=out, epochs=a.epochs, seed=a.seed)
+    judges = {a.dataset: load_judge(out)}
+    for run in a.runs:
+        _judge_run(Path(run), judges, root)
+    return 0
+
+
 def _export(a) -> int:
     from exports.onnx_export import export_run
 
@@ -174,7 +225,7 @@ def _export(a) -> int:
 
 
 def _predict(a) -> int:
-    from harness.predict import predict
+    from exports.predict import predict
 
     predict(a.onnx, a.images, a.out, threads=a.threads)
     return 0
@@ -182,12 +233,14 @@ def _predict(a) -> int:
 
 def _bench(a) -> int:
     from harness.bench import BenchConfig, run_bench
+    from harness.pipeline import load_judges
 
     fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "threads", "min_queries",
                                          "min_duration", "server_rate", "latency_bound_ms", "accuracy_samples",
-                                         "ort_opt_level")}
+                                         "ort_opt_level", "warmup")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
-    run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv)
+    judge_fn = load_judges(a.judges) if a.judges else None
+    run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv, judge_fn=judge_fn)
     return 0
 
 
@@ -206,7 +259,7 @@ def _run(a) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "export": _export, "predict": _predict, "bench": _bench,
+COMMANDS = {"train": _train, "judge": _judge, "export": _export, "predict": _predict, "bench": _bench,
             "report": _report, "run": _run}
 
 

@@ -28,17 +28,13 @@ from torch.utils.data import Dataset
 
 from harness.errors import UserError
 from harness.io import atomic_write
+from models.preprocessing import (CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, MASK_RULE,  # noqa: F401 (re-exported)
+                                  MNIST_CLASSES, PET_CLASSES, class_names)
 
 if TYPE_CHECKING:
     from harness.config import ExperimentConfig
 
 PACKAGE_SAMPLE_ROOT: Path = Path(__file__).parent / "sample_data"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-MNIST_CLASSES = tuple(str(i) for i in range(10))
-PET_CLASSES = ("background", "pet")
-MASK_RULE = "trimap 1 (pet) and 3 (border) -> 1; 2 (background) -> 0"
 
 _CACHE_VERSION = "segvae-data-v1"  # bump when decoding/resizing changes, so old caches are not reused
 PET_LAYOUT = ("expected <root>/oxford-iiit-pet/images and annotations/trimaps (torchvision OxfordIIITPet "
@@ -53,13 +49,6 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
         what = "embedded sample data (reinstall the package)" if data_root is None else "a directory"
         raise UserError(f"data root not found: {root} (expected {what})")
     return root
-
-
-def class_names(dataset: str) -> tuple[str, ...]:
-    names = {"pets": PET_CLASSES, "mnist": MNIST_CLASSES, "cifar10": CIFAR10_CLASSES}
-    if dataset not in names:
-        raise UserError(f"unknown dataset {dataset!r}: expected one of {', '.join(names)}")
-    return names[dataset]
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,11 +98,9 @@ def _open_image(path: Path, what: str) -> Image.Image:
 
 
 def _progress(items: Sequence, desc: str):
-    """A tqdm bar on stderr when it is a terminal (disable=None); plain iteration without tqdm."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency, but loading must not need it
-        return items
+    """A tqdm bar on stderr when it is a terminal (disable=None)."""
+    from tqdm.auto import tqdm
+
     return tqdm(items, desc=desc, disable=None, file=sys.stderr, leave=False, unit="img")
 
 
@@ -297,16 +284,43 @@ class LabelledImages(Dataset):
         return LabelledImages(self.images[idx], self.labels[idx], self.classes)
 
 
+def _mnist_files(root: Path) -> list[Path]:
+    raw = root / "MNIST" / "raw"
+    return [raw / f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+
+
+def _check_idx(path: Path) -> None:
+    """The IDX header's counts must match the file's size: name the file and the numbers if not.
+
+    Why: torchvision reports a truncated file as "shape ... is invalid", naming neither."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    magic = int.from_bytes(head[:4], "big") if len(head) >= 4 else -1
+    dims = {0x801: 1, 0x803: 3}.get(magic)
+    if dims is None or len(head) < 4 + 4 * dims:
+        raise UserError(f"{path}: not an MNIST IDX file (expected magic 0x00000801 for labels or 0x00000803 "
+                        f"for images, found {head[:4].hex() or 'an empty file'})")
+    shape = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    expected = 4 + 4 * dims + math.prod(shape)
+    if size != expected:
+        what = (f"{shape[0]:,} {shape[1]}x{shape[2]} images" if dims == 3 else f"{shape[0]:,} labels")
+        raise UserError(f"{path}: expected {expected:,} bytes for {what} (header says {shape[0]:,}), found {size:,}")
+
+
 def _load_mnist(root: Path, train: bool, download: bool) -> LabelledImages:
     from torchvision.datasets import MNIST
 
     raw = root / "MNIST" / "raw"
-    need = [raw / f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+    need = _mnist_files(root)
     missing = [p.name for p in need if not p.is_file()]
     if missing and not download:
         raise UserError(f"MNIST raw files missing in {raw}: {', '.join(missing)} (expected uncompressed "
                         f"{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte, torchvision MNIST layout); "
                         "use --download if you are online")
+    for path in need:
+        if path.is_file():
+            _check_idx(path)
     try:
         ds = MNIST(str(root), train=train, download=download)
     except Exception as e:  # truncated or foreign IDX files surface as assorted errors
@@ -362,6 +376,39 @@ def _load_cifar(root: Path, train: bool, download: bool) -> LabelledImages:
         return _load_cifar_png(png / split)
     raise UserError(f"CIFAR-10 not found under {root}: expected {root / 'cifar-10-batches-py'} (torchvision "
                     f"CIFAR10 layout) or {png}/{{train,test}}/<class>/*.png; use --download if you are online")
+
+
+# ---------------------------------------------------------------------------- fingerprint
+def dataset_files(dataset: str, root: Path) -> list[Path]:
+    """The files the loader reads for a dataset under root (both splits)."""
+    if dataset == "pets":
+        base = root / "oxford-iiit-pet" / "annotations"
+        files = [base / "trainval.txt", base / "test.txt"]
+        for split in ("trainval", "test"):
+            images, segs = _pet_files(root, split, download=False)
+            files += images + segs
+        return files
+    if dataset == "mnist":
+        return _mnist_files(root)
+    if dataset == "cifar10":
+        batches = root / "cifar-10-batches-py"
+        found = batches.glob("*") if batches.is_dir() else (root / "cifar10-png").glob("*/*/*.png")
+        return sorted(p for p in found if p.is_file())
+    raise UserError(f"unknown dataset {dataset!r}: expected one of pets, mnist, cifar10")
+
+
+def data_fingerprint(dataset: str, root: str | os.PathLike) -> dict:
+    """sha256 over the sorted (relative name, size) of the files the loader reads: cheap (no
+    content read), and it changes when a file is added, removed, renamed or resized."""
+    root = Path(root)
+    files = sorted(dataset_files(dataset, root))
+    h = hashlib.sha256()
+    total = 0
+    for p in files:
+        size = p.stat().st_size if p.is_file() else -1
+        total += max(size, 0)
+        h.update(f"{p.relative_to(root).as_posix()}\t{size}\n".encode())
+    return {"dataset": dataset, "files": len(files), "bytes": total, "sha256": h.hexdigest()[:16]}
 
 
 # ---------------------------------------------------------------------------- splits

@@ -128,7 +128,7 @@ def judge_label_swap(judge: Judge, generated, new_labels) -> float:
 
 def load_judge(out_dir: str | os.PathLike) -> Judge:
     """Rebuild a judge from out_dir/judge.json + judge.safetensors (never unpickles)."""
-    from harness.checkpoint import load_weights_into
+    from harness.run_folder import load_weights_into
     from harness.io import read_json
 
     out_dir = Path(out_dir)

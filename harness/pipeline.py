@@ -1,13 +1,16 @@
 """`segvae run`: data -> train -> judge -> export -> bench -> report, driven by a named preset.
 
-Each training run is a child process (`python -m harness train --config ...`), so every run gets
-a fresh Accelerator and its own threads; export, bench and report run here. Outputs:
+Every stage is a `segvae` command run as a child process (`python -m harness STAGE ...`): the
+pipeline builds each stage's argv once, checks it against the parser before any work starts, runs
+it, and records that very argv in pipeline.json, so the report's "Reproduce" commands are what
+ran. Each training run gets a fresh Accelerator and its own threads. Outputs:
 
-    OUT/<experiment>[-s<seed>]/   one run directory per experiment and seed
+    OUT/<experiment>[-s<seed>]/   one run directory per experiment and seed (harness.run_folder)
+    OUT/configs/<run>.json        the resolved config each training started from
     OUT/judges/<dataset>/         the label-swap judges
     OUT/bench.json                PyTorch vs ONNX Runtime, speed and accuracy
     OUT/report.html, report.md    the report
-    OUT/pipeline.json             preset, commands, wall time
+    OUT/pipeline.json             preset, commands (as run), wall time
 
 Re-running with the same OUT reuses each finished run whose config is unchanged (and each judge
 with unchanged settings) and resumes an interrupted run from its last epoch checkpoint; `--retrain`
@@ -27,14 +30,10 @@ from harness.config import EXPERIMENTS, ExperimentConfig, get_experiment
 from harness.errors import UserError
 from harness.io import atomic_write_json
 
-
-# The presets weight the KL term (a beta-VAE): it pushes class information out of z, so a swapped
-# label changes the class. MNIST, chosen on the validation split (1,200 images, 40 epochs): swap
-# success 93.4% at weight 4, 94.6% at 6, 96.7% at 8, with true-label reconstructions judged right
-# 98.6-98.8% throughout (weight 1: about 50%). CIFAR-10 stays at 4: its swaps are capped by blurry
-# reconstructions, not by the weight (the calibration note: 20.4% at 4, 21.2% at 8).
-# `segvae train` keeps the plain ELBO (1.0).
-SWAP_KL_WEIGHT = {"mnist": 8.0, "cifar10": 4.0}
+PIPELINE_FILE = "pipeline.json"
+BENCH_FILE = "bench.json"
+JUDGES_DIR = "judges"
+CONFIGS_DIR = "configs"
 
 
 @dataclass
@@ -82,9 +81,8 @@ PRESETS: dict[str, Preset] = {
 
 
 def preset_config(name: str, preset: Preset, seed: int) -> ExperimentConfig:
+    """The registry's recipe with the preset's overrides and the seed: what the run trains."""
     cfg = get_experiment(name)
-    if cfg.task == "cvae" and cfg.dataset in SWAP_KL_WEIGHT:
-        cfg = cfg.replace(kl_weight=SWAP_KL_WEIGHT[cfg.dataset])
     cfg = cfg.replace(**(preset.segmentation if cfg.task == "segmentation" else preset.cvae), seed=seed)
     channels = preset.unet_channels if cfg.task == "segmentation" else preset.cvae_channels
     if channels:
@@ -102,8 +100,94 @@ def run_dir_name(name: str, seed: int, seeds: tuple[int, ...]) -> str:
     return name if len(seeds) == 1 else f"{name}-s{seed}"
 
 
-def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=None, out_dir="runs",
-                 log_with: str = "none", retrain: bool = False) -> dict:
+# ---------------------------------------------------------------------------- argv of each stage
+def harness_argv(*args) -> list[str]:
+    """The argv of one stage as it runs: this interpreter, `-m harness`, the subcommand's args."""
+    return [sys.executable, "-m", "harness", *map(str, args)]
+
+
+def as_flags(settings: dict) -> list[str]:
+    """{"batch_sizes": [1, 8], "warmup": 2, "x": None} -> ["--batch-sizes", "1,8", "--warmup", "2"]:
+    one flag per key (underscores as dashes), lists comma-joined, True as a bare flag, None and
+    False left out. Generic, so a new BenchConfig field in a preset needs no code here."""
+    out: list[str] = []
+    for key, value in settings.items():
+        if value is None or value is False:
+            continue
+        out.append("--" + key.replace("_", "-"))
+        if value is not True:
+            out.append(",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+    return out
+
+
+def _root(root: Path | None) -> list[str]:
+    """--data-root ROOT, or nothing for the embedded sample (every stage's default)."""
+    return ["--data-root", str(root)] if root is not None else []
+
+
+def train_argv(name: str, cfg_path: Path, root: Path | None, run: Path, log_with: str) -> list[str]:
+    return harness_argv("train", name, "--config", cfg_path, *_root(root), "--out", run, "--log-with", log_with)
+
+
+def judge_argv(dataset: str, root: Path | None, out: Path, epochs: int | None, runs: list[Path],
+               retrain: bool) -> list[str]:
+    return harness_argv("judge", dataset, *_root(root), "--out", out,
+                        *(["--epochs", epochs] if epochs else []), *(["--runs", *runs] if runs else []),
+                        *(["--retrain"] if retrain else []))
+
+
+def export_argv(run: Path, root: Path | None, quantize: bool) -> list[str]:
+    return harness_argv("export", run, *_root(root), *(["--quantize", "int8"] if quantize else []))
+
+
+def bench_argv(runs: list[Path], root: Path | None, out: Path, bench: dict, judges: Path | None) -> list[str]:
+    return harness_argv("bench", *runs, *_root(root), "--out", out, *as_flags(bench),
+                        *(["--judges", judges] if judges else []))
+
+
+def report_argv(out: Path) -> list[str]:
+    return harness_argv("report", out)
+
+
+def check_argv(argv: list[str]) -> None:
+    """Parse a stage's argv with the real parser before any work starts: a preset key without a
+    flag fails now, naming it, not after an hour of training."""
+    import contextlib
+    import io
+
+    from harness.cli import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            build_parser().parse_args(argv[3:])
+    except SystemExit:
+        raise UserError(f"pipeline stage `{shlex.join(argv[3:])}` does not parse: "
+                        f"{err.getvalue().strip().splitlines()[-1]}") from None
+
+
+# ---------------------------------------------------------------------------- the pipeline
+@dataclass
+class Plan:
+    """Everything a `segvae run` does, decided before anything runs."""
+    preset: str
+    p: Preset
+    root: Path | None        # None: the embedded sample
+    out: Path
+    experiments: list[str]
+    seeds: dict[str, list[int]]
+    runs: list[tuple[ExperimentConfig, Path, list[str]]] = field(default_factory=list)  # cfg, run, argv
+    primary: list[Path] = field(default_factory=list)      # the first seed's run of each experiment
+    judges: list[list[str]] = field(default_factory=list)
+    exports: list[list[str]] = field(default_factory=list)
+    bench: list[str] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)
+
+    def all_argv(self) -> list[list[str]]:
+        return [a for _, _, a in self.runs] + self.judges + self.exports + [self.bench, self.report]
+
+
+def make_plan(preset: str, data_root, experiments, seeds, out_dir, log_with: str, retrain: bool) -> Plan:
     from harness.data import resolve_data_root
 
     if preset not in PRESETS:
@@ -113,84 +197,83 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
     for name in experiments:
         get_experiment(name)  # clear error for an unknown name before any work starts
     override = tuple(seeds) if seeds else None
-    seeds = {task: list(task_seeds(p, task, override)) for task in ("segmentation", "cvae")}
-    root = resolve_data_root(data_root)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    commands: list[str] = [" ".join(shlex.quote(a) for a in ["segvae", *sys.argv[1:]])] if sys.argv else []
-    stage_seconds: dict[str, float] = {}
-    print(f"segvae run: preset {preset!r} ({p.description})\n  data {root}\n  experiments {experiments}, "
-          f"seeds {seeds}\n  outputs under {out.resolve()}", flush=True)
-
-    # 1. train
-    primary: list[Path] = []
-    reused: list[str] = []
-    t = time.perf_counter()
+    root = resolve_data_root(data_root).absolute() if data_root is not None else None
+    plan = Plan(preset, p, root, Path(out_dir), experiments,
+                {task: list(task_seeds(p, task, override)) for task in ("segmentation", "cvae")})
     for name in experiments:
-        own = tuple(seeds[get_experiment(name).task])
+        own = tuple(plan.seeds[get_experiment(name).task])
         for seed in own:
             cfg = preset_config(name, p, seed)
-            run = out / run_dir_name(name, seed, own)
-            cfg_path = out / "configs" / f"{run.name}.json"
-            atomic_write_json(cfg_path, cfg.to_dict())
-            argv = ["train", name, "--config", str(cfg_path), "--data-root", str(root), "--out", str(run),
-                    "--log-with", log_with]
-            commands.append(" ".join(["segvae", *map(shlex.quote, argv)]))
-            state = run_state(run, cfg)
-            if state == "finished" and not retrain:
-                print(f"[train {run.name}] reusing the finished run in {run} (same config; --retrain to redo it)",
-                      flush=True)
-                reused.append(run.name)
-            else:
-                if retrain or state == "other":
-                    _forget_result(run)
-                resume = state == "same" and not retrain
-                _child(argv + (["--resume"] if resume else []), f"[train {run.name}]")
+            run = plan.out / run_dir_name(name, seed, own)
+            cfg_path = plan.out / CONFIGS_DIR / f"{run.name}.json"
+            plan.runs.append((cfg, run, train_argv(name, cfg_path, plan.root, run, log_with)))
             if seed == own[0]:
-                primary.append(run)
+                plan.primary.append(run)
+    datasets = {}
+    for cfg, run, _ in plan.runs:
+        if cfg.task == "cvae" and run in plan.primary:
+            datasets.setdefault(cfg.dataset, []).append(run)
+    plan.judges = [judge_argv(ds, plan.root, plan.out / JUDGES_DIR / ds, p.judge_epochs, runs, retrain)
+                   for ds, runs in datasets.items()]
+    plan.exports = [export_argv(run, plan.root, p.quantize) for run in plan.primary]
+    plan.bench = bench_argv(plan.primary, plan.root, plan.out / BENCH_FILE, p.bench,
+                            plan.out / JUDGES_DIR if datasets else None)
+    plan.report = report_argv(plan.out)
+    for argv in plan.all_argv():
+        check_argv(argv)
+    return plan
+
+
+def _train_stage(plan: Plan, retrain: bool, ran: list[list[str]], reused: list[str]) -> None:
+    for cfg, run, argv in plan.runs:
+        atomic_write_json(Path(argv[argv.index("--config") + 1]), cfg.to_dict())
+        state = run_state(run, cfg)
+        if state == "finished" and not retrain:
+            print(f"[train {run.name}] reusing the finished run in {run} (same config; --retrain to redo it)",
+                  flush=True)
+            reused.append(run.name)
+            ran.append(argv)  # the command that made the run
+            continue
+        if retrain or state == "other":
+            _forget_result(run)
+        resume = ["--resume"] if state == "same" and not retrain else []
+        ran.append(argv + resume)
+        _child(argv + resume, f"[train {run.name}]")
+
+
+def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=None, out_dir="runs",
+                 log_with: str = "none", retrain: bool = False) -> dict:
+    plan = make_plan(preset, data_root, experiments, seeds, out_dir, log_with, retrain)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"segvae run: preset {preset!r} ({plan.p.description})\n  data {plan.root or 'the embedded sample'}"
+          f"\n  experiments "
+          f"{plan.experiments}, seeds {plan.seeds}\n  outputs under {plan.out.resolve()}", flush=True)
+    ran: list[list[str]] = []
+    reused: list[str] = []
+    stage_seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    _train_stage(plan, retrain, ran, reused)
     stage_seconds["train"] = time.perf_counter() - t
-
-    # 2. judges for the CVAE datasets
-    t = time.perf_counter()
-    judges = _train_judges(experiments, root, out, p, commands, reused, retrain)
-    for run in primary:
-        _judge_run(run, judges, root)
-    stage_seconds["judges"] = time.perf_counter() - t
-
-    # 3. export (+ int8)
-    from exports.onnx_export import export_run
-
-    t = time.perf_counter()
-    for run in primary:
-        print(f"[export {run.name}]", flush=True)
-        export_run(run, quantize="int8" if p.quantize else None, data_root=root)
-        commands.append(f"segvae export {shlex.quote(str(run))}" + (" --quantize int8" if p.quantize else ""))
-    stage_seconds["export"] = time.perf_counter() - t
-
-    # 4. bench
-    from harness.bench import BenchConfig, run_bench
-
-    t = time.perf_counter()
-    bench_cfg = BenchConfig(**p.bench)
-    judge_fns = {ds: j.score for ds, j in judges.items()}
-    run_bench(primary, bench_cfg, data_root=root, out=out / "bench.json", argv=sys.argv, judge_fn=judge_fns)
-    commands.append("segvae bench " + " ".join(shlex.quote(str(r)) for r in primary)
-                    + f" --data-root {shlex.quote(str(root))} --out {shlex.quote(str(out / 'bench.json'))}")
-    stage_seconds["bench"] = time.perf_counter() - t
-
-    # 5. report
-    from harness.report import build_report
-
+    for stage, argvs in (("judges", plan.judges), ("export", plan.exports), ("bench", [plan.bench])):
+        t = time.perf_counter()
+        for argv in argvs:
+            _child(argv, f"[{argv[3]} {Path(argv[4]).name}]")
+            ran.append(argv)
+        stage_seconds[stage] = time.perf_counter() - t
+    ran.append(plan.report)
+    run_argv = ["segvae", *sys.argv[1:]] if sys.argv else []
+    atomic_write_json(plan.out / PIPELINE_FILE, {
+        "preset": preset, "description": plan.p.description, "data_root": str(plan.root) if plan.root else "embedded",
+        "experiments": plan.experiments, "seeds": plan.seeds, "reused_runs": reused,
+        "commands": ([shlex.join(run_argv)] if run_argv else []) + [shlex.join(a) for a in ran],
+        "argv": ([run_argv] if run_argv else []) + ran,
+        "wall_seconds": time.perf_counter() - t0, "stage_seconds": stage_seconds})
+    _child(plan.report, "[report]")
     wall = time.perf_counter() - t0
-    atomic_write_json(out / "pipeline.json", {
-        "preset": preset, "description": p.description, "data_root": str(root), "experiments": experiments,
-        "seeds": seeds, "reused_runs": reused, "commands": commands, "wall_seconds": wall, "stage_seconds": stage_seconds})
-    paths = build_report(out)
-    commands.append(f"segvae report {shlex.quote(str(out))}")
-    wall = time.perf_counter() - t0
-    print(f"segvae run finished in {wall / 60:.1f} min; report: {Path(paths['html']).resolve()}", flush=True)
-    return {"out": out, "wall_seconds": wall, **paths}
+    html = (plan.out / "report.html").resolve()
+    print(f"segvae run finished in {wall / 60:.1f} min; report: {html}", flush=True)
+    return {"out": plan.out, "wall_seconds": wall, "html": html, "md": (plan.out / "report.md").resolve()}
 
 
 def run_state(run: Path, cfg: ExperimentConfig) -> str:
@@ -201,7 +284,7 @@ def run_state(run: Path, cfg: ExperimentConfig) -> str:
     finished training. Configs are compared through ExperimentConfig, so a config.json written
     before a field with a default was added still matches.
     """
-    from harness.checkpoint import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_config
+    from harness.run_folder import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_config
 
     if not (run / CONFIG_FILE).is_file():
         return "none"
@@ -214,18 +297,18 @@ def run_state(run: Path, cfg: ExperimentConfig) -> str:
 
 
 def _forget_result(run: Path):
-    """A run directory about to be retrained with another config loses its old metrics first, so a
-    crash part-way can never pair the new config with the old results."""
-    from harness.checkpoint import METRICS_FILE
+    """A run directory about to be retrained with another config loses its old results first (its
+    metrics and label-swap scores), so a crash part-way can never pair the new config with them."""
+    from harness.run_folder import LABELSWAP_FILE, METRICS_FILE
 
-    (run / METRICS_FILE).unlink(missing_ok=True)
+    for name in (METRICS_FILE, LABELSWAP_FILE):
+        (run / name).unlink(missing_ok=True)
 
 
 def _child(argv: list[str], tag: str):
-    """Run `python -m harness ARGV`, streaming its output; a failure stops the pipeline with its tail."""
+    """Run argv (a stage's full command), streaming its output; a failure stops the pipeline with its tail."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     tail: list[str] = []
     for line in proc.stdout:
         for part in line.replace("\r", "\n").splitlines():
@@ -234,6 +317,17 @@ def _child(argv: list[str], tag: str):
                 tail = (tail + [part])[-20:]
     if proc.wait() != 0:
         raise UserError(f"{tag} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def load_judges(folder: str | os.PathLike) -> dict:
+    """{dataset: judge.score} for every judge under folder (OUT/judges/<dataset>/): what
+    `segvae bench --judges` scores the label swaps with."""
+    from harness.judge import load_judge
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--judges folder not found: {folder} (expected OUT/judges from `segvae judge`)")
+    return {d.name: load_judge(d).score for d in sorted(folder.iterdir()) if d.is_dir()}
 
 
 def _train_judges(experiments, root: Path, out: Path, p: Preset, commands: list[str], reused: list[str],
@@ -264,7 +358,7 @@ def _judge_run(run: Path, judges: dict, root: Path):
     every test image swapped to a random wrong label."""
     import torch
 
-    from harness.checkpoint import METRICS_FILE, load_run
+    from harness.run_folder import METRICS_FILE, load_run
     from harness.data import build_splits
     from harness.io import read_json
     from harness.labelswap import swap_inputs

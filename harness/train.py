@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.checkpoint import (METRICS_FILE, WEIGHTS_FILE, load_config, load_weights_into, save_config,
-                                save_weights)
+from harness.run_folder import (METRICS_FILE, WEIGHTS_FILE, load_config, load_weights_into, record_run,
+                                save_config, save_weights)
 from harness.config import ExperimentConfig
 from harness.errors import UserError
 from harness.io import atomic_write_json, read_json
@@ -247,6 +247,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
 
     if accelerator.is_main_process:
         save_config(out_dir, cfg)
+        record_run(out_dir, cfg, data_root, argv=None)  # RUN/run.json: data root, fingerprint, provenance
     active = _init_trackers(accelerator, cfg, out_dir, log_with)
     state = {"epoch": 0, "step": 0, "history": [], "best_score": -math.inf, "best_epoch": 0,
              "train_seconds": 0.0, "samples_seen": 0, "bad_epochs": 0}
@@ -466,7 +467,7 @@ def _checkpoint_to_resume(out_dir: Path) -> Path | None:
 
 def evaluate_run(run_dir, split: str = "val", data_root=None) -> dict[str, float]:
     """Evaluate a saved run in this process (no Accelerate): the reference for DDP exactness."""
-    from harness.checkpoint import load_run
+    from harness.run_folder import load_run
     from harness.data import build_splits
 
     cfg, model = load_run(run_dir)

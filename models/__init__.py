@@ -1,9 +1,24 @@
-"""Model zoo: build a model from a config's task and model kwargs."""
-from models.cvae import CVAE, Decoder, LabelSwap
-from models.unet import UNet, inference_form
+"""Model zoo: build a model from a config's task and model kwargs.
+
+The torch modules load on first use (PEP 562), so the ORT-only deployment path
+(exports.predict, exports.session) can import models.errors / models.io without torch.
+"""
+_LAZY = {"CVAE": "models.cvae", "Decoder": "models.cvae", "LabelSwap": "models.cvae",
+         "UNet": "models.unet", "inference_form": "models.unet"}
 
 
-def build_model(task: str, model_kwargs: dict):
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    from models import cvae, unet
+
+    return getattr(cvae if _LAZY[name] == "models.cvae" else unet, name)
+
+
+def build_model(task: str, model_kwargs):
+    from models.cvae import CVAE
+    from models.unet import UNet
+
     if task == "segmentation":
         return UNet(**model_kwargs)
     if task == "cvae":

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.checkpoint import load_run
+from harness.run_folder import load_run
 
 
 def torch_top(model, x, bf16: bool, reps: int, top: int):

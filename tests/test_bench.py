@@ -16,7 +16,7 @@ from harness.bench import BenchConfig, run_bench
 from harness.bench import scenarios as sc
 from harness.bench.backends import INDUCTOR_CACHE, REGISTRY, TorchCompile, TorchEager, files_size
 from harness.bench.runner import ENV_FIELDS, RECORD_FIELDS, SERVER_FIELDS
-from harness.checkpoint import WEIGHTS_FILE, load_run, save_config, save_weights
+from harness.run_folder import WEIGHTS_FILE, load_run, save_config, save_weights
 from harness.config import get_experiment
 from harness.errors import UserError
 from models import LabelSwap, build_model

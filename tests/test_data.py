@@ -243,6 +243,25 @@ def test_error_missing_trimap(pets):
     raises_naming(tri, D.build_splits, seg_cfg(), pets)
 
 
+@pytest.mark.parametrize("name,expected,what", [
+    ("t10k-images-idx3-ubyte", 16 + 10 * 28 * 28, "10 28x28 images"),
+    ("train-labels-idx1-ubyte", 8 + 20, "20 labels"),
+])
+def test_error_mnist_truncated_idx_names_the_file_and_the_sizes(tmp_path, name, expected, what):
+    root = make_mnist(tmp_path / "m", n_train=20, n_test=10)
+    path = root / "MNIST" / "raw" / name
+    path.write_bytes(path.read_bytes()[:expected - 7])
+    msg = raises_naming(path, D.build_splits, cvae_cfg("mnist"), root)
+    assert f"expected {expected:,} bytes for {what}" in msg and f"found {expected - 7:,}" in msg
+
+
+def test_error_mnist_foreign_file_is_not_idx(tmp_path):
+    root = make_mnist(tmp_path / "m", n_train=20, n_test=10)
+    path = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(b"<html>not found</html>")
+    assert "not an MNIST IDX file" in raises_naming(path, D.build_splits, cvae_cfg("mnist"), root)
+
+
 def test_error_mnist_raw_missing(tmp_path):
     root = make_mnist(tmp_path / "m", n_train=10, n_test=10)
     (root / "MNIST/raw/t10k-labels-idx1-ubyte").unlink()

@@ -190,7 +190,7 @@ def test_resume_from_another_experiments_run(capsys, tiny_run, data_root, tmp_pa
 
 
 def test_weights_from_another_experiment(tiny_run, tmp_path):
-    from harness.checkpoint import load_run
+    from harness.run_folder import load_run
 
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from exports.onnx_export import OPSET, build_metadata, export_run, graph_specs
 from exports.session import OrtSession
-from harness.checkpoint import load_run, save_config, save_weights
+from harness.run_folder import load_run, save_config, save_weights
 from harness.config import get_experiment
 from harness.errors import UserError
 from models import build_model
@@ -330,7 +330,7 @@ def test_failed_parity_leaves_nothing(tmp_path, data_root, monkeypatch, capsys):
 
 # ---------------------------------------------------------------------------- predict
 def test_predict_writes_mask_and_overlay(exported, tmp_path):
-    from harness.predict import predict
+    from exports.predict import predict
 
     run, _ = exported(INT8_KIND)
     rng = np.random.default_rng(0)
@@ -355,7 +355,7 @@ def test_predict_writes_mask_and_overlay(exported, tmp_path):
 
 
 def test_predict_rejects_cvae_graph(exported, tmp_path):
-    from harness.predict import predict
+    from exports.predict import predict
 
     run, _ = exported("cvae-mnist")
     img = tmp_path / "x.png"
@@ -365,7 +365,7 @@ def test_predict_rejects_cvae_graph(exported, tmp_path):
 
 
 def test_session_and_predict_do_not_import_torch():
-    code = ("import sys, exports.session, harness.predict; "
+    code = ("import sys, exports.session, exports.predict; "
             "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
             "print(bad); sys.exit(1 if bad else 0)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}

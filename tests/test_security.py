@@ -327,7 +327,7 @@ def test_predict_ignores_paths_in_onnx_metadata(pipeline, tmp_path):
     import onnx
     from PIL import Image
 
-    from harness.predict import predict
+    from exports.predict import predict
 
     work = tmp_path / "work"
     out = work / "a" / "b" / "out"

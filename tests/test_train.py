@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from harness.checkpoint import load_run
+from harness.run_folder import load_run
 from harness.data import build_splits
 from harness.train import evaluate_run
 from tests.fixtures import make_pets

@@ -82,7 +82,7 @@ class TorchEager(Backend):
     def load(self, run_dir, cfg, threads):
         import torch
 
-        from harness.checkpoint import WEIGHTS_FILE, load_run
+        from harness.run_folder import WEIGHTS_FILE, load_run
         from models import LabelSwap
 
         torch.set_num_threads(threads)
@@ -202,7 +202,7 @@ class OrtBackend(Backend):
     def load(self, run_dir, cfg, threads):
         from exports.session import OrtSession
 
-        from harness.checkpoint import load_config
+        from harness.run_folder import load_config
         from harness.errors import UserError
 
         self.run_dir, self.threads = Path(run_dir), threads

@@ -270,7 +270,7 @@ def _prepare_run(run_dir: Path, index: int, cfg: BenchConfig, data_root, workdir
     """Accuracy inputs to .npy, ONNX export when missing, FLOPs. Returns a picklable job dict."""
     import torch
 
-    from harness.checkpoint import load_run
+    from harness.run_folder import load_run
     from harness.data import build_splits
     from harness.labelswap import swap_inputs
 
@@ -314,7 +314,7 @@ def measure_backend(name: str, jobs: list[dict], settings: dict, rank: int = 0, 
     path of this rank's shard), "peak_rss_mb", "rss_method", "model_bytes", "compile_s": {bs: s}}."""
     import torch
 
-    from harness.checkpoint import load_config
+    from harness.run_folder import load_config
     from harness.metrics import seg_stats
 
     cfg = BenchConfig(**settings["cfg"])

@@ -6,7 +6,7 @@ import torch
 
 from harness.bench.backends import REGISTRY, example_inputs
 from harness.bench.runner import flops_per_sample
-from harness.checkpoint import load_run
+from harness.run_folder import load_run
 
 BATCH_SIZES = (1, 8)
 

@@ -1,7 +1,7 @@
 """pytest-benchmark suite (kept out of the default `pytest` run: testpaths is `tests`).
 
-    pytest benchmarks --benchmark-json=out.json          # run and save
-    pytest benchmarks --benchmark-only -k "ort and unet"  # a subset
+    pytest microbench --benchmark-json=out.json          # run and save
+    pytest microbench --benchmark-only -k "ort and unet"  # a subset
 
 Models are random-init and tiny (UNet base 8 at 64 px, CVAE-MNIST hidden 8), so the suite is quick
 and tracks regressions of the inference/training code paths; `segvae bench` is the measurement of
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.checkpoint import save_config, save_weights
+from harness.run_folder import save_config, save_weights
 from harness.config import get_experiment
 from models import build_model
 

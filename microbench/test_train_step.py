@@ -9,7 +9,7 @@ from harness.bench.backends import example_inputs
 from models import build_model
 from models.losses import bce_loss, elbo_terms
 
-from benchmarks.conftest import MODELS
+from microbench.conftest import MODELS
 
 BATCH = 16
 

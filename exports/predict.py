@@ -1,7 +1,7 @@
 """`segvae predict`: segmentation masks and overlays from an exported model.onnx, with ONNX Runtime only.
 
-Needs only onnxruntime, numpy and Pillow (no torch): everything the model needs is in its
-metadata (image_size, mean/std). Each image is converted to RGB, resized to image_size x
+Needs only onnxruntime, numpy and Pillow (no torch, nothing from `harness`): everything the model
+needs is in its metadata (image_size, mean/std, written by exports/onnx_export.build_metadata). Each image is converted to RGB, resized to image_size x
 image_size (bilinear, as in training), scaled to [0,1], normalised, run, and the logits are
 resized back (bilinear) to the ORIGINAL image size and thresholded at 0 (probability 0.5).
 
@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from exports.session import OrtSession
-from harness.errors import UserError
-from harness.io import atomic_write
+from models.errors import UserError
+from models.io import atomic_write
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 OVERLAY_COLOUR = (255, 0, 0)

@@ -1,1 +1,0 @@
-"""pytest-benchmark suite: `pytest benchmarks --benchmark-json=out.json` (see conftest.py)."""

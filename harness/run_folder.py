@@ -1,0 +1,182 @@
+"""The run folder, the contract between stages: its file names, how each is read and written, and
+what a run records about itself.
+
+    RUN/config.json            the resolved ExperimentConfig (all that rebuilds the model)
+    RUN/run.json               data root, data fingerprint and provenance, written at training start
+    RUN/model.safetensors      final weights (loading a run never unpickles anything)
+    RUN/metrics.json           written once by `segvae train`
+    RUN/labelswap.json         written once by `segvae judge ... --runs RUN` (CVAEs)
+    RUN/samples/               test overlays or the 5x5 label-swap grid
+    RUN/checkpoints/last/      Accelerate state for --resume
+    RUN/onnx/export.json       written by `segvae export` beside its graphs
+
+Later stages default to the data the run recorded (`data_root_for`), so `segvae export RUN`
+calibrates on what training used, and a run that recorded nothing is an error, not a silent
+fallback to the embedded sample.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from harness.config import ExperimentConfig
+from harness.errors import UserError
+from harness.io import atomic_write, atomic_write_json, read_json
+
+CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+LABELSWAP_FILE = "labelswap.json"
+BEST_FILE = "best.safetensors"
+STATE_FILE = "trainer_state.json"
+SAMPLES_DIR = "samples"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last"
+ONNX_DIR = "onnx"
+EXPORT_FILE = "export.json"
+EMBEDDED = "embedded"  # run.json's data_root for the package's embedded sample
+
+
+# ---------------------------------------------------------------------------- config and weights
+def save_config(run_dir: str | os.PathLike, cfg: ExperimentConfig, extra: dict | None = None) -> Path:
+    return atomic_write_json(Path(run_dir) / CONFIG_FILE, {**cfg.to_dict(), **(extra or {})})
+
+
+def save_weights(run_dir: str | os.PathLike, model: torch.nn.Module, metadata: dict | None = None) -> Path:
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(Path(run_dir) / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
+
+
+def load_config(run_dir: str | os.PathLike) -> ExperimentConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    return ExperimentConfig.from_dict(read_json(run_dir / CONFIG_FILE, "run config"), str(run_dir / CONFIG_FILE))
+
+
+def load_weights_into(model: torch.nn.Module, path: str | os.PathLike, experiment: str = "?") -> torch.nn.Module:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights not found: {path} (expected a safetensors file written by `segvae train`)")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a safetensors weights file ({e}); pickled checkpoints are never loaded") from None
+    own = model.state_dict()
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    wrong = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = (f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}, "
+                  f"shape mismatch {sorted(wrong)[:3]}")
+        raise UserError(f"{path} does not fit experiment {experiment!r} (is it from another experiment?): {detail}")
+    model.load_state_dict(state)
+    return model
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[ExperimentConfig, torch.nn.Module]:
+    """Rebuild a trained model from a run directory (config.json + model.safetensors), in eval mode."""
+    from models import build_model
+
+    cfg = load_config(run_dir)
+    model = build_model(cfg.task, cfg.model)
+    load_weights_into(model, Path(run_dir) / WEIGHTS_FILE, cfg.name)
+    return cfg, model.eval()
+
+
+# ---------------------------------------------------------------------------- what a run records
+def record_run(out_dir: str | os.PathLike, cfg: ExperimentConfig, data_root, argv: list[str] | None = None) -> Path:
+    """Write RUN/run.json at training start: the data (root and fingerprint) and provenance.
+
+    Why: export, bench and judge default to this data root, so a command re-run as printed
+    uses the data training used; the fingerprint tells when the files under that root changed.
+    """
+    from harness.data import data_fingerprint, resolve_data_root
+
+    root = resolve_data_root(data_root)
+    return atomic_write_json(Path(out_dir) / RUN_FILE, {
+        "experiment": cfg.name, "config_hash": cfg.hash(),
+        "data_root": EMBEDDED if data_root is None else str(Path(data_root).expanduser().absolute()),
+        "data_fingerprint": data_fingerprint(cfg.dataset, root),
+        "provenance": provenance(sys.argv if argv is None else argv),
+        "created_unix": time.time(),
+    })
+
+
+def read_run_record(run_dir: str | os.PathLike) -> dict | None:
+    """RUN/run.json, or None for a run trained before runs recorded themselves."""
+    path = Path(run_dir) / RUN_FILE
+    return read_json(path, "run record") if path.is_file() else None
+
+
+def recorded_data_root(run_dir: str | os.PathLike) -> Path | None:
+    """The data root the run trained on (the embedded sample's path for "embedded"), None if unrecorded."""
+    from harness.data import PACKAGE_SAMPLE_ROOT
+
+    rec = read_run_record(run_dir)
+    if rec is None or not rec.get("data_root"):
+        return None
+    return PACKAGE_SAMPLE_ROOT if rec["data_root"] == EMBEDDED else Path(rec["data_root"])
+
+
+def data_root_for(run_dir: str | os.PathLike, given=None, stage: str = "this stage") -> Path:
+    """The data root a later stage uses: the one given, else the one the run recorded.
+
+    A run that recorded none (trained before run.json existed) is an error naming the flag, never
+    a silent fallback to the embedded sample or to random inputs.
+    """
+    if given is not None:
+        return Path(given)
+    recorded = recorded_data_root(run_dir)
+    if recorded is None:
+        raise UserError(f"{Path(run_dir) / RUN_FILE} not found or without data_root: {stage} needs the run's data; "
+                        "pass --data-root (the folder the run was trained on)")
+    if not recorded.is_dir():
+        raise UserError(f"the data root recorded in {Path(run_dir) / RUN_FILE} is gone: {recorded}; "
+                        "pass --data-root")
+    return recorded
+
+
+# ---------------------------------------------------------------------------- provenance
+def git_state(cwd: str | os.PathLike | None = None) -> dict:
+    """{"commit", "dirty"} of the git checkout holding this package (None outside a checkout).
+
+    Asks git from the package's own folder rather than guessing the repository root from a
+    path depth, so an installed copy (site-packages) reports no commit instead of a wrong one.
+    """
+    where = str(cwd or Path(__file__).resolve().parent)
+
+    def git(*args):
+        try:
+            r = subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def versions() -> dict:
+    import numpy
+
+    import harness
+
+    return {"segvae": harness.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__}
+
+
+def provenance(argv: list[str]) -> dict:
+    argv = [str(a) for a in argv]
+    return {"git": git_state(), "versions": versions(), "argv": argv, "command": shlex.join(argv)}

@@ -1,0 +1,1 @@
+"""pytest-benchmark suite: `pytest microbench --benchmark-json=out.json` (see conftest.py)."""
