@@ -159,7 +159,7 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
     stage_seconds["judges"] = time.perf_counter() - t
 
     # 3. export (+ int8)
-    from exports.onnx_export import export_run
+    from harness.export_stage import export_run
 
     t = time.perf_counter()
     for run in primary:
