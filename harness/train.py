@@ -298,10 +298,16 @@ def _run_epoch(cfg: ExperimentConfig, loop: dict, state: dict, epoch: int, out_d
         t_ready = time.perf_counter()
     watch.check(accelerator, epoch, ckpt_dir)  # before anything of this epoch is kept
     epoch_seconds = time.perf_counter() - t0  # the check above waited for the device's queued work
-    seen = int(accelerator.reduce(torch.tensor(count, device=device), reduction="sum"))
-    train_loss_mean = float(accelerator.reduce(total, reduction="sum")) / max(seen, 1)
+    seen, train_loss_mean = epoch_totals(accelerator, total, count)
     _end_epoch(cfg, loop, state, epoch, out_dir, {"seconds": epoch_seconds, "data_wait_seconds": data_wait,
                                                    "seen": seen, "train_loss": train_loss_mean})
+
+
+def epoch_totals(accelerator, total: torch.Tensor, count: int) -> tuple[int, float]:
+    """(samples seen, mean train loss) over all ranks. Both reduced tensors are on accelerator.device:
+    NCCL reduces nothing else."""
+    seen = int(accelerator.reduce(torch.tensor(count, device=accelerator.device), reduction="sum"))
+    return seen, float(accelerator.reduce(total.to(accelerator.device), reduction="sum")) / max(seen, 1)
 
 
 def _end_epoch(cfg: ExperimentConfig, loop: dict, state: dict, epoch: int, out_dir: Path, ep: dict) -> None:
