@@ -247,6 +247,61 @@ def test_fp16_graph_parity_on_the_cpu_provider(exported, name):
     assert got.dtype == np.float32 and 1e-6 < err <= FP16_TOLERANCE * max(1.0, float(np.abs(ref).max()))
 
 
+def _shift_output(path: Path, by: float) -> None:
+    """Make a graph wrong on purpose: its output minus `by` (a UNet then predicts no pet at all)."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    out = g.output[0].name
+    for node in g.node:
+        node.output[:] = [o + "_raw" if o == out else o for o in node.output]
+    g.initializer.append(numpy_helper.from_array(np.array(by, np.float32), "shift_by"))
+    g.node.append(helper.make_node("Sub", [out + "_raw", "shift_by"], [out]))
+    onnx.save(model, str(path))
+
+
+def test_failing_int8_graph_is_caught_and_strict_refuses_it(tmp_path, data_root, monkeypatch, capsys):
+    import exports.quantize as qz
+    from harness.cli import main
+
+    real = qz.quantize_int8
+
+    def broken_int8(fp32_path, out_path, *args, **kwargs):
+        result = real(fp32_path, out_path, *args, **kwargs)
+        _shift_output(out_path, 100.0)
+        return result
+
+    monkeypatch.setattr(qz, "quantize_int8", broken_int8)
+    run = make_run(tmp_path, INT8_KIND)
+    out = tmp_path / "strict" / "onnx"
+    args = ["export", str(run), "--out", str(out), "--data-root", str(data_root), "--quantize", "int8",
+            "--calib-count", "8"]
+    assert main([*args, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "model.int8.onnx fails the accuracy gate on dice" in err and "--strict refuses" in err
+    assert not out.exists() and list(out.parent.iterdir()) == []  # nothing written, no temp folder
+    assert main(args) == 0  # without --strict: written, and the failure is on record
+    printed = capsys.readouterr().out
+    gate = json.loads((out / "export.json").read_text())["accuracy_gate"]
+    assert gate["pass"] is False and gate["value"] == 0.0 and gate["reference"] > 0 and gate["ratio"] == 0.0
+    assert "needs >= 99.0%" in gate["reasons"][0] and "accuracy gate on dice" in printed and "FAIL" in printed
+
+
+def test_cvae_int8_gate_is_the_mae_bound(tmp_path, data_root):
+    """CVAEs: no judge at export, so the gate is mean |int8 - fp32| of the swap outputs (same inputs, eps)."""
+    from exports.accuracy_gate import DEFAULT_MAX_MAE
+
+    run = make_run(tmp_path, "cvae-mnist")
+    report = export_run(run, quantize="int8", calib_count=16, data_root=data_root, accuracy_target=0.999)
+    gate, q = report["accuracy_gate"], report["int8"]
+    assert gate["metric"].startswith("mae") and gate["mae"] == q["mean_abs_err"] and gate["ratio"] is None
+    assert gate["target"] == 0.999 and gate["max_mae"] == DEFAULT_MAX_MAE and gate["eval_source"] == "val split"
+    assert gate["pass"] == (q["mean_abs_err"] <= DEFAULT_MAX_MAE)
+    with pytest.raises(UserError, match="accuracy_target"):
+        export_run(run, quantize="int8", data_root=data_root, accuracy_target=1.5)
+
+
 # ---------------------------------------------------------------------------- session errors
 def test_session_input_errors(exported):
     run, _ = exported(INT8_KIND)
