@@ -237,3 +237,24 @@ def test_gpu_check_without_cuda_says_so_and_passes(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "no CUDA:" in r.stdout and "passed" in r.stdout
     assert not (tmp_path / "out" / "summary.json").exists()  # nothing GPU-side was measured
+
+
+def test_two_gloo_ranks_with_unshared_folders_both_fail_without_hanging(tmp_path):
+    """Real collectives (2 processes, gloo): rank 1 looks at another folder, as on a machine without the
+    shared mount; both ranks raise the same error (a hang would hit the timeout)."""
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\nfrom accelerate import Accelerator\n"
+        "from harness.errors import UserError\nfrom harness.multinode import check_shared_out_dir\n"
+        "acc = Accelerator(cpu=True)\nassert acc.num_processes == 2\n"
+        "try:\n    check_shared_out_dir(acc, Path(sys.argv[1]) / f'node{acc.process_index}')\n"
+        "except UserError as e:\n    print(f'rank {acc.process_index} error: {e}', flush=True)\n    sys.exit(3)\n")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(script), str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
+    assert r.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank} error: output folder {tmp_path / f'node{rank}'} is not shared by all 2 processes " \
+               f"(rank 1 on" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
