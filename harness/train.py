@@ -69,7 +69,9 @@ class Indexed(Dataset):
 def make_loaders(cfg: ExperimentConfig, splits: dict, eval_batch_size: int | None = None):
     train_ds = splits["train"]
     sampler = EpochShuffle(len(train_ds), cfg.seed)
-    common = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
+    # pinned host memory on GPU machines: the copies to the device can then overlap compute (non_blocking)
+    common = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0,
+              "pin_memory": torch.cuda.is_available()}
     train = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(train_ds) > cfg.batch_size,
                        **common)
     ebs = eval_batch_size or max(cfg.batch_size, 32)
@@ -238,6 +240,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
 
 def _make_accelerator(cfg: ExperimentConfig, mixed: str, out_dir: Path, log_with: str):
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     if mixed == "fp16" and not torch.cuda.is_available():
         raise UserError("--mixed-precision fp16 needs a GPU (fp16 matmuls on this CPU are unusable); "
@@ -245,7 +248,8 @@ def _make_accelerator(cfg: ExperimentConfig, mixed: str, out_dir: Path, log_with
     try:
         return Accelerator(mixed_precision=mixed, log_with=None if log_with == "none" else log_with,
                            project_dir=str(out_dir), cpu=not torch.cuda.is_available(),
-                           dynamo_backend="inductor" if cfg.compile else "no")
+                           dynamo_backend="inductor" if cfg.compile else "no",
+                           dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
     except ValueError as e:
         if "already been initialized" not in str(e):
             raise
@@ -372,8 +376,9 @@ def device_info(device: torch.device) -> dict:
     """What metrics.json records about where training ran ("cuda" / "cpu" / ...), so that a run that
     silently fell back to the CPU is caught (scripts/gpu_check.sh reads it)."""
     info = {"device": device.type, "device_name": None}
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
+    if device.type == "cuda":  # TF32 changes fp32 results: say whether it was on
+        info.update(device_name=torch.cuda.get_device_name(device),
+                    tf32={"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32})
     return info
 
 

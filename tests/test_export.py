@@ -252,8 +252,7 @@ def _shift_output(path: Path, by: float) -> None:
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
-    g = model.graph
-    out = g.output[0].name
+    g, out = model.graph, model.graph.output[0].name
     for node in g.node:
         node.output[:] = [o + "_raw" if o == out else o for o in node.output]
     g.initializer.append(numpy_helper.from_array(np.array(by, np.float32), "shift_by"))
@@ -266,13 +265,8 @@ def test_failing_int8_graph_is_caught_and_strict_refuses_it(tmp_path, data_root,
     from harness.cli import main
 
     real = qz.quantize_int8
-
-    def broken_int8(fp32_path, out_path, *args, **kwargs):
-        result = real(fp32_path, out_path, *args, **kwargs)
-        _shift_output(out_path, 100.0)
-        return result
-
-    monkeypatch.setattr(qz, "quantize_int8", broken_int8)
+    monkeypatch.setattr(qz, "quantize_int8", lambda fp32, out, *a, **k: (real(fp32, out, *a, **k),
+                                                                          _shift_output(out, 100.0))[0])
     run = make_run(tmp_path, INT8_KIND)
     out = tmp_path / "strict" / "onnx"
     args = ["export", str(run), "--out", str(out), "--data-root", str(data_root), "--quantize", "int8",

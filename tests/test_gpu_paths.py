@@ -258,3 +258,16 @@ def test_two_gloo_ranks_with_unshared_folders_both_fail_without_hanging(tmp_path
     for rank in (0, 1):
         assert f"rank {rank} error: output folder {tmp_path / f'node{rank}'} is not shared by all 2 processes " \
                f"(rank 1 on" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_exports_import_nothing_from_harness():
+    """exports/ is the graph tooling a deployment can ship alone: no import of harness, at any level."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "exports").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n == "harness" or n.startswith("harness.")]
+    assert found == []
