@@ -96,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fp16", action="store_true",
                    help="also write model.fp16.onnx / swap.fp16.onnx for ONNX Runtime's CUDA provider "
                         "(parity-checked on the CPU provider within --fp16-tolerance x output scale)")
-    e.add_argument("--fp16-tolerance", type=_positive_float, default=1e-2)
+    e.add_argument("--fp16-tolerance", type=_positive_float, default=1e-2,  # exports.onnx_export.FP16_TOLERANCE
+                   help="fp16 parity bound, x max(1, max |PyTorch output|) (default 1e-2)")
     e.add_argument("--accuracy-target", type=_positive_float, default=0.99,
-                   help="int8 accuracy gate: int8 Dice >= this fraction of the fp32 graph's (UNets); CVAEs: "
-                        "mean |int8 - fp32| output bound (default 0.99, MLPerf; 0.999 for a strict run)")
+                   help="int8 accuracy gate for UNets: int8 Dice >= this fraction of the fp32 graph's (default "
+                        "0.99, MLPerf; 0.999 for a strict run). CVAEs are gated on mean |int8 - fp32| <= 0.02 here "
+                        "(judge-free); the bench gates their label-swap success")
     e.add_argument("--strict", action="store_true", help="refuse to write an int8 graph that fails the accuracy gate")
     e.add_argument("--threads", type=_positive_int, help="ONNX Runtime threads for the checks (default: all cores)")
 
