@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import onnx
 
-from harness.errors import UserError
+from models.errors import UserError
 
 __all__ = ["QuantResult", "quantize_int8", "fp32_ops", "convert_fp16", "ListReader"]
 
@@ -43,10 +43,6 @@ class QuantResult:
     int8_ops: dict[str, int] = field(default_factory=dict)    # op type -> count running int8 kernels
     calib_count: int = 0
     settings: dict = field(default_factory=dict)
-
-    def summary(self) -> str:
-        left = ", ".join(f"{k} x{v}" for k, v in sorted(self.fp32_ops.items())) or "none"
-        return f"int8 ops: {sum(self.int8_ops.values())}; still fp32: {left}"
 
 
 @contextlib.contextmanager
@@ -167,26 +163,17 @@ def fp32_ops(model_path, level: str = "all") -> tuple[dict[str, int], dict[str, 
     return dict(left), dict(quantized)
 
 
-def convert_fp16(path, out) -> Path | None:
-    """fp16 copy of an fp32 ONNX model (inputs/outputs stay float32), or None if no converter is installed.
+def convert_fp16(path, out) -> Path:
+    """fp16 copy of an fp32 ONNX model (inputs/outputs stay float32, metadata precision "fp16").
 
-    Uses onnxconverter_common if installed, else the copy of that converter shipped with
-    onnxruntime (onnxruntime.transformers.float16). fp16 is meant for CUDA execution providers;
-    on this CPU ORT fp16 is no faster than fp32 (many kernels fall back through Casts).
+    Uses the converter shipped with onnxruntime (onnxruntime.transformers.float16). fp16 is meant
+    for CUDA execution providers; on this CPU ORT fp16 is no faster than fp32 (many kernels fall
+    back through Casts), but it runs there, which is where its parity is checked.
     """
-    convert = None
-    try:
-        from onnxconverter_common.float16 import convert_float_to_float16 as convert
-    except ImportError:
-        try:
-            from onnxruntime.transformers.float16 import convert_float_to_float16 as convert
-        except ImportError:
-            convert = None
-    if convert is None:
-        print("  fp16: skipped (neither onnxconverter_common nor onnxruntime.transformers.float16 is available)")
-        return None
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
     model = onnx.load(str(path))
-    half = convert(model, keep_io_types=True)
+    half = convert_float_to_float16(model, keep_io_types=True)
     for p in half.metadata_props:
         if p.key == "precision":
             p.value = "fp16"

@@ -7,6 +7,9 @@ can use it on a machine without PyTorch.
     sess.metadata["image_size"], sess.inputs["image"]     # -> 128, ([None, 3, None, None], float32)
     logits = sess(image=x)                               # first output as an ndarray
     outs = sess.run({"image": x})                        # {output name: ndarray}
+    gpu = OrtSession(path, device="cuda:0")               # CUDA provider (TensorRT first if present)
+    bound = gpu.bind({"image": x}); bound.run()          # IO binding: inputs/outputs stay on the GPU
+    logits = bound.outputs()[0]                          # copied back only when asked
 
 Inputs are checked BEFORE ONNX Runtime sees them and mistakes raise `UserError` naming the input
 and what was expected: unknown/missing names, rank, dtype (no silent casts), fixed dimensions
@@ -24,9 +27,10 @@ from typing import Any, Mapping
 import numpy as np
 import onnxruntime as ort
 
-from harness.errors import UserError
+from exports.providers import parse_device, provider_names, providers_for
+from models.errors import UserError
 
-__all__ = ["OrtSession", "decode_metadata", "OPT_LEVELS"]
+__all__ = ["OrtSession", "Bound", "decode_metadata", "OPT_LEVELS"]
 
 OPT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -48,8 +52,6 @@ INT_KEYS = frozenset({"image_size", "num_classes", "latent_dim", "onnx_opset", "
 # metadata keys always kept as strings (e.g. normalization "[0,1]" is a description, not a list)
 STRING_KEYS = frozenset({"normalization", "experiment", "config_hash", "torch_version", "precision", "graph",
                          "output", "valid_sizes", "mask_rule", "preprocess", "producer", "task", "dataset"})
-# providers that are not compute backends and only produce warnings when requested
-_NON_COMPUTE_PROVIDERS = {"AzureExecutionProvider"}
 _LABEL_INPUTS = ("label", "new_label")
 
 
@@ -76,8 +78,7 @@ def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
 
 def default_providers() -> list[str]:
     """What this onnxruntime build offers (minus non-compute ones), CPU last."""
-    avail = [p for p in ort.get_available_providers() if p not in _NON_COMPUTE_PROVIDERS]
-    return [p for p in avail if p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
+    return providers_for(None)[0]
 
 
 def _external_locations(path: Path) -> list[str]:
@@ -113,12 +114,17 @@ class OrtSession:
     graph sequentially. spinning=False sets `session.intra_op.allow_spinning` to "0" so idle ORT
     threads do not busy-wait and fight PyTorch (or another session) for the cores.
     providers: default = every available execution provider, CPU last.
+    device: "cpu" | "cuda:N" instead of providers (see exports.providers.providers_for); when the
+    GPU cannot be used the session runs on the CPU, prints why and keeps it in `fallback`;
+    require_device=True makes that a UserError. `device` is where the session really runs.
+    tensorrt: for CUDA devices, None = TensorRT first when its libraries load, False = CUDA only.
     graph_optimization: "all" | "extended" | "basic" | "disable".
     profile: True (or a file prefix) enables ORT's JSON profiler; `end_profiling()` returns its path.
     """
 
     def __init__(self, path, threads: int | None = None, providers: list[str] | None = None,
-                 graph_optimization: str = "all", spinning: bool = False, profile: bool | str = False):
+                 graph_optimization: str = "all", spinning: bool = False, profile: bool | str = False,
+                 device: str | None = None, tensorrt: bool | None = None, require_device: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"ONNX model not found: {self.path}")
@@ -139,8 +145,9 @@ class OrtSession:
             so.enable_profiling = True
             if isinstance(profile, str):
                 so.profile_file_prefix = profile
-        self.providers = list(providers) if providers else default_providers()
+        self._select_providers(providers, device, tensorrt, require_device)
         self._session = self._load(so)
+        self._check_device(require_device)
         self.metadata: dict[str, Any] = decode_metadata(self._session.get_modelmeta().custom_metadata_map)
         self.inputs: dict[str, tuple[list, np.dtype]] = {
             i.name: (list(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in self._session.get_inputs()}
@@ -149,9 +156,50 @@ class OrtSession:
         self.output_names = list(self.outputs)
 
     # ------------------------------------------------------------------ loading
+    def _select_providers(self, providers, device, tensorrt, require_device) -> None:
+        if providers and device is not None:
+            raise UserError("give either providers or device, not both")
+        self.fallback: str | None = None
+        if providers:
+            self._providers, self.device = list(providers), None
+            return
+        self._providers, note = providers_for(device, tensorrt)
+        self.device = None if device is None else ("cpu" if provider_names(self._providers) == ["CPUExecutionProvider"]
+                                                   else "cuda:%d" % parse_device(device)[1])
+        if note:
+            self._fallback(note, require_device)
+
+    def _fallback(self, note: str, require_device: bool) -> None:
+        if require_device:
+            raise UserError(note)
+        print(f"  note: {note}; running on {self.device}")
+        self.fallback = note
+
+    def _check_device(self, require_device: bool) -> None:
+        """ORT drops a provider whose libraries fail to load (CUDA, cuDNN) with a log line only: compare
+        what runs with what was asked, so that a CUDA session never runs on the CPU unnoticed."""
+        asked = [p for p in provider_names(self._providers) if p != "CPUExecutionProvider"]
+        running = self._session.get_providers()
+        if self.device is None:  # providers given (or the build's default): where does it run?
+            cuda = self._session.get_provider_options().get("CUDAExecutionProvider")
+            self.device = f"cuda:{int(cuda.get('device_id', 0))}" if cuda is not None else "cpu"
+        lost = [p for p in asked if p not in running]
+        if not lost:
+            return
+        if "CUDAExecutionProvider" in lost and self.device and self.device.startswith("cuda"):
+            self.device = "cpu"
+        self._fallback(f"{', '.join(lost)} could not be loaded by onnxruntime {ort.__version__} (missing CUDA, "
+                       f"cuDNN or TensorRT libraries? their names are in ORT's log); running with {running}",
+                       require_device)
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session runs with, in priority order."""
+        return self._session.get_providers()
+
     def _load(self, so: "ort.SessionOptions") -> "ort.InferenceSession":
         try:
-            return ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers)
+            return ort.InferenceSession(str(self.path), sess_options=so, providers=self._providers)
         except Exception as e:  # ORT raises its own pybind exception types
             msg = str(e)
             # an external-data model whose data file is gone: name the file, ORT's message does not
@@ -240,6 +288,10 @@ class OrtSession:
         """Straight to ORT (for timing loops that already validated their inputs once)."""
         return self._session.run(self.output_names, dict(feed))
 
+    def bind(self, inputs: Mapping[str, Any]) -> "Bound":
+        """Inputs checked once and copied to the session's device; see Bound."""
+        return Bound(self, self.check_inputs(inputs))
+
     def __call__(self, **inputs) -> np.ndarray:
         return self.run(inputs, [self.output_names[0]])[self.output_names[0]]
 
@@ -253,3 +305,29 @@ class OrtSession:
     def __repr__(self) -> str:
         return (f"OrtSession({str(self.path)!r}, threads={self.threads}, providers={self.providers}, "
                 f"inputs={ {k: (self._shape_str(s), getattr(d, 'name', d)) for k, (s, d) in self.inputs.items()} })")
+
+
+class Bound:
+    """One feed bound to an OrtSession with IO binding: inputs are copied to the device once, outputs
+    are allocated there by ORT, so `run()` times the graph alone (no host-device copies), on CUDA as on
+    the CPU provider. `outputs()` copies the last results back as ndarrays, in output order."""
+
+    def __init__(self, sess: OrtSession, feed: Mapping[str, np.ndarray]):
+        kind, index = parse_device(sess.device or "cpu")
+        self._session = sess.session
+        self._binding = self._session.io_binding()
+        self._inputs = {}  # kept alive: the binding points at their device memory
+        for name, arr in feed.items():
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), kind, index)
+            self._inputs[name] = value
+            self._binding.bind_ortvalue_input(name, value)
+        for name in sess.output_names:
+            self._binding.bind_output(name, kind, index)
+        self.device = f"{kind}:{index}" if kind == "cuda" else "cpu"
+
+    def run(self) -> None:
+        """Run the graph on the bound inputs; ORT waits for the device before returning."""
+        self._session.run_with_iobinding(self._binding)
+
+    def outputs(self) -> list[np.ndarray]:
+        return self._binding.copy_outputs_to_cpu()

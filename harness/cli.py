@@ -136,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-convtranspose", action="store_true",
                    help="UNet int8: quantize the graph with its ConvTranspose (which then runs fp32 on ORT's CPU EP) "
                         "instead of the 1x1 Conv + DepthToSpace form")
+    e.add_argument("--fp16", action="store_true",
+                   help="also write model.fp16.onnx / swap.fp16.onnx for ONNX Runtime's CUDA provider "
+                        "(parity-checked on the CPU provider within --fp16-tolerance x output scale)")
+    e.add_argument("--fp16-tolerance", type=_positive_float, default=1e-2,  # exports.onnx_export.FP16_TOLERANCE
+                   help="fp16 parity bound, x max(1, max |PyTorch output|) (default 1e-2)")
+    e.add_argument("--accuracy-target", type=_positive_float, default=0.99,
+                   help="int8 accuracy gate for UNets: int8 Dice >= this fraction of the fp32 graph's (default "
+                        "0.99, MLPerf; 0.999 for a strict run). CVAEs are gated on mean |int8 - fp32| <= 0.02 here "
+                        "(judge-free); the bench gates their label-swap success")
+    e.add_argument("--strict", action="store_true", help="refuse to write an int8 graph that fails the accuracy gate")
+    e.add_argument("--threads", type=_positive_int, help="ONNX Runtime threads for the checks (default: all cores)")
 
     _predict_parser(sub)
 
@@ -216,11 +227,12 @@ def _judge(a) -> int:
 
 
 def _export(a) -> int:
-    from exports.onnx_export import export_run
+    from harness.export_stage import export_run
 
     export_run(a.run_dir, out_dir=a.out, quantize=a.quantize, calib_count=a.calib_count,
-               data_root=a.data_root, tolerance=a.tolerance, fold_batchnorm=not a.no_fold_batchnorm,
-               int8_pixel_shuffle_up=not a.keep_convtranspose)
+               data_root=a.data_root, tolerance=a.tolerance, threads=a.threads,
+               fold_batchnorm=not a.no_fold_batchnorm, int8_pixel_shuffle_up=not a.keep_convtranspose,
+               fp16=a.fp16, fp16_tolerance=a.fp16_tolerance, accuracy_target=a.accuracy_target, strict=a.strict)
     return 0
 
 

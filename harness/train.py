@@ -23,12 +23,16 @@ from harness.config import ExperimentConfig
 from harness.errors import UserError
 from harness.io import atomic_write_json, read_json
 from harness.metrics import cvae_metrics, cvae_stats, seg_metrics, seg_stats
+from harness.multinode import check_shared_out_dir
+from harness.trackers import init_trackers, log_images
+from harness.train_checkpoints import (CHECKPOINT_DIR, STATE_FILE, check_resume, checkpoint_to_resume, fast_forward,
+                                       save_checkpoint, verify_checkpoint)
 from models import build_model
 from models.losses import SEGMENTATION_LOSSES, elbo_terms
 
-STATE_FILE = "trainer_state.json"
 BEST_FILE = "best.safetensors"
-CHECKPOINT_DIR = "checkpoints"
+LOG_EVERY = 10  # steps between the loss readings that logging needs (each one waits for the device)
+_verify_checkpoint = verify_checkpoint  # the name tests and older callers import
 
 
 # ----------------------------------------------------------------------------- data plumbing
@@ -65,7 +69,9 @@ class Indexed(Dataset):
 def make_loaders(cfg: ExperimentConfig, splits: dict, eval_batch_size: int | None = None):
     train_ds = splits["train"]
     sampler = EpochShuffle(len(train_ds), cfg.seed)
-    common = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
+    # pinned host memory on GPU machines: the copies to the device can then overlap compute (non_blocking)
+    common = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0,
+              "pin_memory": torch.cuda.is_available()}
     train = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(train_ds) > cfg.batch_size,
                        **common)
     ebs = eval_batch_size or max(cfg.batch_size, 32)
@@ -120,16 +126,17 @@ def evaluate(cfg: ExperimentConfig, model, loader, accelerator=None) -> dict[str
             s = seg_stats(logits, y)
             per_loss = _per_sample_seg_loss(cfg, logits, y)
         else:
+            eps_table = eps_table.to(x.device)  # once: the table then lives where the batches are
             xd = dequantize(x, noise=False)
-            out = model(xd, y, eps_table[idx.cpu()].to(x.device))
+            out = model(xd, y, eps_table[idx.to(x.device)])
             terms = elbo_terms(xd, out, _unwrap(model).log_scale, 1.0)
             s = cvae_stats(terms)
             per_loss = -terms["elbo"].double()
-        if accelerator is not None:
+        if accelerator is not None:  # on accelerator.device (model outputs): NCCL gathers nothing else
             s, per_loss = accelerator.gather_for_metrics((s, per_loss))
-        stats.append(s.cpu())
-        losses.append(per_loss.cpu())
-    stats, losses = torch.cat(stats), torch.cat(losses)
+        stats.append(s)
+        losses.append(per_loss)
+    stats, losses = torch.cat(stats).cpu(), torch.cat(losses).cpu()  # one copy per split, not per batch
     if cfg.task == "segmentation":
         m = seg_metrics(stats)
     else:
@@ -147,44 +154,6 @@ def _per_sample_seg_loss(cfg, logits, target) -> torch.Tensor:
 def score_of(cfg: ExperimentConfig, metrics: dict) -> float:
     """Higher is better: validation Dice for UNets, ELBO for CVAEs."""
     return metrics["dice"] if cfg.task == "segmentation" else metrics["elbo"]
-
-
-# ----------------------------------------------------------------------------- trackers
-def _init_trackers(accelerator, cfg: ExperimentConfig, out_dir: Path, log_with: str) -> str:
-    """Start the tracker; W&B runs offline without an API key and never blocks. Returns what is active."""
-    if log_with == "none":
-        return "none"
-    init_kwargs = {}
-    if log_with == "wandb":
-        if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-            os.environ["WANDB_MODE"] = "offline"
-        os.environ.setdefault("WANDB_SILENT", "true")
-        wandb_dir = out_dir / "wandb"
-        wandb_dir.mkdir(parents=True, exist_ok=True)
-        init_kwargs = {"wandb": {"dir": str(wandb_dir), "name": out_dir.name,
-                                 "settings": {"init_timeout": 60}}}
-    try:
-        accelerator.init_trackers("segvae-bench", config=cfg.to_dict(), init_kwargs=init_kwargs)
-    except Exception as e:  # a tracker must never take the training run down
-        accelerator.print(f"warning: could not start the {log_with} tracker ({type(e).__name__}: {e}); "
-                          f"training continues without it")
-        accelerator.trackers = []
-        return "none"
-    mode = os.environ.get("WANDB_MODE", "online") if log_with == "wandb" else ""
-    accelerator.print(f"logging to {log_with}{' (' + mode + ')' if mode else ''}")
-    return log_with
-
-
-def _log_images(accelerator, active: str, images: dict[str, Path], step: int):
-    if active != "wandb" or not accelerator.is_main_process:
-        return
-    try:
-        import wandb
-
-        tracker = accelerator.get_tracker("wandb", unwrap=True)
-        tracker.log({k: wandb.Image(str(v)) for k, v in images.items()}, step=step)
-    except Exception as e:
-        accelerator.print(f"warning: could not log images to wandb: {e}")
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -207,31 +176,16 @@ def cpu_has_native_bf16() -> bool:
 
 def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, download: bool = False,
           log_with: str = "none", resume: bool = False) -> dict:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     from harness.data import build_splits
 
     cfg.validate()
     out_dir = Path(out_dir)
     mixed = resolve_precision(cfg.mixed_precision)
-    if mixed == "fp16" and not torch.cuda.is_available():
-        raise UserError("--mixed-precision fp16 needs a GPU (fp16 matmuls on this CPU are unusable); "
-                        "use bf16 on the CPU")
-    try:
-        accelerator = Accelerator(mixed_precision=mixed, log_with=None if log_with == "none" else log_with,
-                                  project_dir=str(out_dir), cpu=not torch.cuda.is_available(),
-                                  dynamo_backend="inductor" if cfg.compile else "no")
-    except ValueError as e:
-        if "already been initialized" not in str(e):
-            raise
-        # Accelerate keeps one mixed precision per process; say so instead of its "restart your runtime".
-        asked = "" if cfg.mixed_precision == mixed else f", resolved from {cfg.mixed_precision!r}"
-        raise UserError(f"this Python process already trained with another mixed precision, and Accelerate "
-                        f"allows one per process: run this training (mixed precision {mixed!r}{asked}) in a "
-                        f"new process, as each `segvae train` does") from None
-    _check_resume(cfg, out_dir, resume)
+    accelerator = _make_accelerator(cfg, mixed, out_dir, log_with)
+    check_resume(cfg, out_dir, resume)
+    check_shared_out_dir(accelerator, out_dir)
     set_seed(cfg.seed)
 
     splits = build_splits(cfg, data_root, download=download)
@@ -248,81 +202,147 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
     if accelerator.is_main_process:
         save_config(out_dir, cfg)
         record_run(out_dir, cfg, data_root, argv=None)  # RUN/run.json: data root, fingerprint, provenance
-    active = _init_trackers(accelerator, cfg, out_dir, log_with)
+    active = init_trackers(accelerator, cfg, out_dir, log_with)
     state = {"epoch": 0, "step": 0, "history": [], "best_score": -math.inf, "best_epoch": 0,
              "train_seconds": 0.0, "samples_seen": 0, "bad_epochs": 0}
-    ckpt_dir = out_dir / CHECKPOINT_DIR / "last"
-    found = _checkpoint_to_resume(out_dir) if resume else None
+    found = checkpoint_to_resume(out_dir) if resume else None
     if found is not None:
-        _verify_checkpoint(found)
+        verify_checkpoint(found)
         accelerator.load_state(str(found), load_kwargs={"weights_only": True})
         state = read_json(found / STATE_FILE, "trainer state")
-        _fast_forward(scheduler, state["step"])
+        fast_forward(scheduler, state["step"])
         accelerator.print(f"resumed from {found} at epoch {state['epoch']}")
     elif resume:
         accelerator.print(f"no checkpoint in {out_dir / CHECKPOINT_DIR}: starting from scratch")
 
     accelerator.print(f"{cfg.name}: {len(splits['train'])} train / {len(splits['val'])} val / "
-                      f"{len(splits['test'])} test samples, {accelerator.num_processes} process(es), "
-                      f"mixed precision {mixed}, {cfg.epochs} epochs of {steps_per_epoch} steps")
+                      f"{len(splits['test'])} test samples, {accelerator.num_processes} process(es) on "
+                      f"{accelerator.device.type}, mixed precision {mixed}, {cfg.epochs} epochs of "
+                      f"{steps_per_epoch} steps")
+    loop = {"accelerator": accelerator, "model": model, "optimizer": optimizer, "scheduler": scheduler,
+            "train_loader": train_loader, "sampler": sampler, "val_loader": val_loader}
     for epoch in range(state["epoch"], cfg.epochs):
         if cfg.early_stop_patience and state["bad_epochs"] >= cfg.early_stop_patience:
             accelerator.print(f"early stop: no validation improvement for {state['bad_epochs']} epochs")
             break
-        # The prepared loader re-sets its sampler's epoch from its own counter, which restarts at 0 in
-        # a resumed process: set both, or a resumed epoch sees another order.
-        sampler.set_epoch(epoch)
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        total, count = torch.zeros((), dtype=torch.float64), 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not accelerator.is_local_main_process, mininterval=2.0)
-        data_wait, t_ready = 0.0, time.perf_counter()
-        for i, batch in enumerate(bar):
-            data_wait += time.perf_counter() - t_ready  # time the step waited for its batch
-            loss = train_loss(cfg, model, batch, epoch + i / steps_per_epoch)
-            _stop_if_not_finite(accelerator, loss, state["step"], epoch, ckpt_dir)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            state["step"] += 1
-            n = len(batch[0])
-            total += loss.detach().double().cpu() * n
-            count += n
-            if state["step"] % 10 == 0:
-                accelerator.log({"train/loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}, step=state["step"])
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
-            t_ready = time.perf_counter()
-        epoch_seconds = time.perf_counter() - t0
-        seen = int(accelerator.reduce(torch.tensor(count), reduction="sum"))
-        train_loss_mean = float(accelerator.reduce(total.float(), reduction="sum")) / max(seen, 1)
-        val = evaluate(cfg, model, val_loader, accelerator)
-        improved = score_of(cfg, val) > state["best_score"]
-        if improved:
-            state.update(best_score=score_of(cfg, val), best_epoch=epoch + 1, bad_epochs=0)
-            if accelerator.is_main_process:
-                save_weights(out_dir / "_best", accelerator.unwrap_model(model, keep_torch_compile=False))
-                os.replace(out_dir / "_best" / WEIGHTS_FILE, out_dir / BEST_FILE)
-        else:
-            state["bad_epochs"] += 1
-        state["train_seconds"] += epoch_seconds
-        state["samples_seen"] += seen
-        state["history"].append({"epoch": epoch + 1, "train_loss": train_loss_mean, "val": val,
-                                 "seconds": epoch_seconds, "data_wait_seconds": data_wait})
-        state["epoch"] = epoch + 1
-        accelerator.log({"epoch": epoch + 1, "train/epoch_loss": train_loss_mean,
-                         **{f"val/{k}": v for k, v in val.items()}}, step=state["step"])
-        accelerator.print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss_mean:.4f}, "
-                          + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "count")
-                          + f", {epoch_seconds:.1f}s{' *' if improved else ''}")
-        _save_checkpoint(accelerator, ckpt_dir, out_dir, state)
+        _run_epoch(cfg, loop, state, epoch, out_dir)
+    metrics = _finish(cfg, accelerator, model, val_loader, test_loader, splits, state, mixed, out_dir, active)
+    # Release DDP objects before end_training: gloo aborts at exit ~40% of the time otherwise.
+    del model, optimizer, train_loader, val_loader, test_loader, scheduler, loop
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        (out_dir / "_best").exists() and shutil.rmtree(out_dir / "_best", ignore_errors=True)
+        print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "count"))
+        print(f"outputs in {out_dir.resolve()}")
+    return metrics
 
-    # final: best weights, test metrics, samples
+
+def _make_accelerator(cfg: ExperimentConfig, mixed: str, out_dir: Path, log_with: str):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    if mixed == "fp16" and not torch.cuda.is_available():
+        raise UserError("--mixed-precision fp16 needs a GPU (fp16 matmuls on this CPU are unusable); "
+                        "use bf16 on the CPU")
+    try:
+        return Accelerator(mixed_precision=mixed, log_with=None if log_with == "none" else log_with,
+                           project_dir=str(out_dir), cpu=not torch.cuda.is_available(),
+                           dynamo_backend="inductor" if cfg.compile else "no",
+                           dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
+    except ValueError as e:
+        if "already been initialized" not in str(e):
+            raise
+        # Accelerate keeps one mixed precision per process; say so instead of its "restart your runtime".
+        asked = "" if cfg.mixed_precision == mixed else f", resolved from {cfg.mixed_precision!r}"
+        raise UserError(f"this Python process already trained with another mixed precision, and Accelerate "
+                        f"allows one per process: run this training (mixed precision {mixed!r}{asked}) in a "
+                        f"new process, as each `segvae train` does") from None
+
+
+def _run_epoch(cfg: ExperimentConfig, loop: dict, state: dict, epoch: int, out_dir: Path) -> None:
+    """One epoch, its validation, best-weights and checkpoint. The loss sum, the sample count and the
+    first non-finite step stay on the device; the host reads them every LOG_EVERY steps and at the end."""
+    from tqdm.auto import tqdm
+
+    accelerator, model, optimizer, scheduler = (loop[k] for k in ("accelerator", "model", "optimizer", "scheduler"))
+    train_loader, ckpt_dir = loop["train_loader"], out_dir / CHECKPOINT_DIR / "last"
+    steps_per_epoch = len(train_loader)
+    # The prepared loader re-sets its sampler's epoch from its own counter, which restarts at 0 in
+    # a resumed process: set both, or a resumed epoch sees another order.
+    loop["sampler"].set_epoch(epoch)
+    if hasattr(train_loader, "set_epoch"):
+        train_loader.set_epoch(epoch)
+    model.train()
+    t0 = time.perf_counter()
+    device = accelerator.device
+    total = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
+    count = 0  # known on the host: no device op needed
+    watch = FiniteWatch(device)
+    bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not accelerator.is_local_main_process, mininterval=2.0)
+    data_wait, t_ready = 0.0, time.perf_counter()
+    for i, batch in enumerate(bar):
+        data_wait += time.perf_counter() - t_ready  # time the step waited for its batch
+        loss = train_loss(cfg, model, batch, epoch + i / steps_per_epoch)
+        watch.add(loss, state["step"])
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        state["step"] += 1
+        n = len(batch[0])
+        total += loss.detach().to(total.dtype) * n
+        count += n
+        if state["step"] % LOG_EVERY == 0:
+            watch.check(accelerator, epoch, ckpt_dir)
+            value = float(loss.detach())  # the one read of the device per LOG_EVERY steps
+            accelerator.log({"train/loss": value, "lr": scheduler.get_last_lr()[0]}, step=state["step"])
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        t_ready = time.perf_counter()
+    watch.check(accelerator, epoch, ckpt_dir)  # before anything of this epoch is kept
+    epoch_seconds = time.perf_counter() - t0  # the check above waited for the device's queued work
+    seen, train_loss_mean = epoch_totals(accelerator, total, count)
+    _end_epoch(cfg, loop, state, epoch, out_dir, {"seconds": epoch_seconds, "data_wait_seconds": data_wait,
+                                                   "seen": seen, "train_loss": train_loss_mean})
+
+
+def epoch_totals(accelerator, total: torch.Tensor, count: int) -> tuple[int, float]:
+    """(samples seen, mean train loss) over all ranks. Both reduced tensors are on accelerator.device:
+    NCCL reduces nothing else."""
+    seen = int(accelerator.reduce(torch.tensor(count, device=accelerator.device), reduction="sum"))
+    return seen, float(accelerator.reduce(total.to(accelerator.device), reduction="sum")) / max(seen, 1)
+
+
+def _end_epoch(cfg: ExperimentConfig, loop: dict, state: dict, epoch: int, out_dir: Path, ep: dict) -> None:
+    accelerator, model = loop["accelerator"], loop["model"]
+    val = evaluate(cfg, model, loop["val_loader"], accelerator)
+    improved = score_of(cfg, val) > state["best_score"]
+    if improved:
+        state.update(best_score=score_of(cfg, val), best_epoch=epoch + 1, bad_epochs=0)
+        if accelerator.is_main_process:
+            save_weights(out_dir / "_best", accelerator.unwrap_model(model, keep_torch_compile=False))
+            os.replace(out_dir / "_best" / WEIGHTS_FILE, out_dir / BEST_FILE)
+    else:
+        state["bad_epochs"] += 1
+    state["train_seconds"] += ep["seconds"]
+    state["samples_seen"] += ep["seen"]
+    state["history"].append({"epoch": epoch + 1, "train_loss": ep["train_loss"], "val": val,
+                             "seconds": ep["seconds"], "data_wait_seconds": ep["data_wait_seconds"]})
+    state["epoch"] = epoch + 1
+    accelerator.log({"epoch": epoch + 1, "train/epoch_loss": ep["train_loss"],
+                     **{f"val/{k}": v for k, v in val.items()}}, step=state["step"])
+    accelerator.print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {ep['train_loss']:.4f}, "
+                      + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "count")
+                      + f", {ep['seconds']:.1f}s{' *' if improved else ''}")
+    save_checkpoint(accelerator, out_dir / CHECKPOINT_DIR / "last", out_dir, state)
+
+
+def _finish(cfg, accelerator, model, val_loader, test_loader, splits, state, mixed, out_dir, active) -> dict:
+    """Best weights back in, final val/test metrics, weights, samples and metrics.json (rank 0)."""
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    if (out_dir / BEST_FILE).is_file():
+    if (out_dir / BEST_FILE).is_file():  # the same on every rank: check_shared_out_dir made sure
         accelerator.wait_for_everyone()
         load_weights_into(unwrapped, out_dir / BEST_FILE, cfg.name)
     val = evaluate(cfg, model, val_loader, accelerator)
@@ -330,6 +350,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
     metrics = {
         "experiment": cfg.name, "task": cfg.task, "seed": cfg.seed,
         "num_processes": accelerator.num_processes, "mixed_precision": mixed,
+        **device_info(accelerator.device),
         "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
         "train_seconds": state["train_seconds"],
         "seconds_per_epoch": state["train_seconds"] / max(len(state["history"]), 1),
@@ -345,20 +366,49 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         samples, extra = write_samples(cfg, unwrapped, splits["test"], out_dir)
         metrics.update(samples=samples, **extra)
         atomic_write_json(out_dir / METRICS_FILE, metrics)
-        _log_images(accelerator, active, {k: out_dir / v for k, v in samples.items() if isinstance(v, str)},
+        log_images(accelerator, active, {k: out_dir / v for k, v in samples.items() if isinstance(v, str)},
                     state["step"])
     accelerator.log({**{f"test/{k}": v for k, v in test.items()}}, step=state["step"])
     accelerator.wait_for_everyone()
-    # Release DDP objects before end_training: gloo aborts at exit ~40% of the time otherwise.
-    del model, optimizer, train_loader, val_loader, test_loader, scheduler
-    accelerator.free_memory()
-    gc.collect()
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        (out_dir / "_best").exists() and shutil.rmtree(out_dir / "_best", ignore_errors=True)
-        print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "count"))
-        print(f"outputs in {out_dir.resolve()}")
     return metrics
+
+
+def device_info(device: torch.device) -> dict:
+    """What metrics.json records about where training ran ("cuda" / "cpu" / ...), so that a run that
+    silently fell back to the CPU is caught (scripts/gpu_check.sh reads it)."""
+    info = {"device": device.type, "device_name": None}
+    if device.type == "cuda":  # TF32 changes fp32 results: say whether it was on
+        info.update(device_name=torch.cuda.get_device_name(device),
+                    tf32={"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32})
+    return info
+
+
+class FiniteWatch:
+    """Records the first step whose loss was not finite, on the device (no host sync per step).
+
+    check() reads it (one sync; with several processes one gather, which every rank calls at the same
+    steps) and stops the run naming that step. Why not per step: a per-step read and gather would stall
+    the GPU's queue on every step."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_value = torch.zeros((), dtype=torch.float32, device=device)
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        fresh = ~torch.isfinite(loss.detach().float()) & (self.first_bad < 0)
+        self.first_bad = torch.where(fresh, torch.full_like(self.first_bad, step), self.first_bad)
+        self.bad_value = torch.where(fresh, loss.detach().float(), self.bad_value)
+
+    def check(self, accelerator, epoch: int, ckpt_dir: Path) -> None:
+        info = torch.stack([self.first_bad.double(), self.bad_value.double()]).reshape(1, 2)
+        if accelerator.num_processes > 1:
+            info = accelerator.gather(info)  # every rank sees every rank's first bad step
+        bad = info[info[:, 0] >= 0]
+        if len(bad) == 0:
+            return
+        step, value = bad[bad[:, 0].argmin()].tolist()
+        kept = f"; the last good checkpoint is kept at {ckpt_dir}" if ckpt_dir.is_dir() else ""
+        raise UserError(f"loss became {value} at step {int(step) + 1} (epoch {epoch + 1}){kept}; try a lower --lr")
 
 
 def param_groups(cfg: ExperimentConfig, model) -> list[dict]:
@@ -380,89 +430,6 @@ def _make_scheduler(cfg: ExperimentConfig, optimizer, steps_per_epoch: int):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-
-
-def _stop_if_not_finite(accelerator, loss, step, epoch, ckpt_dir):
-    finite = torch.isfinite(loss.detach()).float().reshape(1)
-    if accelerator.num_processes > 1:
-        finite = accelerator.gather(finite).min()
-    if not bool(finite):
-        kept = f"; the last good checkpoint is kept at {ckpt_dir}" if ckpt_dir.is_dir() else ""
-        raise UserError(f"loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}){kept}; "
-                        f"try a lower --lr")
-
-
-def _save_checkpoint(accelerator, ckpt_dir: Path, out_dir: Path, state: dict):
-    """Accelerate state into a fresh folder, then swapped in: a kill mid-write keeps the previous one."""
-    tmp = ckpt_dir.parent / "_incoming"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / STATE_FILE, state)  # state travels with its checkpoint
-        old = ckpt_dir.parent / "_previous"
-        if old.exists():
-            shutil.rmtree(old)
-        if ckpt_dir.exists():
-            os.replace(ckpt_dir, old)
-        os.replace(tmp, ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _check_resume(cfg: ExperimentConfig, out_dir: Path, resume: bool):
-    if not resume:
-        return
-    if not (out_dir / "config.json").is_file():
-        return  # nothing to resume: start fresh
-    saved = load_config(out_dir)
-    if saved.name != cfg.name or saved.model != cfg.model:
-        raise UserError(f"{out_dir} holds a run of {saved.name!r} with model {saved.model}; "
-                        f"cannot resume {cfg.name!r} with model {cfg.model} from it")
-
-
-def _verify_checkpoint(ckpt: Path):
-    """Load every pickle-format file of an Accelerate checkpoint with weights_only=True first.
-
-    Accelerate itself swallows a failing random-state load; a file that is not plain tensors and
-    numbers (a planted pickle) must stop the resume with its name instead.
-    """
-    from accelerate.utils.other import load
-
-    from safetensors import safe_open
-
-    for f in sorted(ckpt.iterdir()):
-        if f.suffix in (".bin", ".pkl", ".pt", ".pth", ".safetensors"):
-            try:
-                if f.suffix == ".safetensors":
-                    with safe_open(str(f), framework="pt"):
-                        pass
-                else:
-                    load(str(f), map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise UserError(f"refusing checkpoint file {f}: it is not a plain weights/state file "
-                                f"({type(e).__name__}); pickled code is never executed") from None
-
-
-def _fast_forward(scheduler, steps: int):
-    """Rebuild the LR schedule by stepping it, instead of unpickling a saved scheduler object."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(steps):
-            scheduler.step()
-
-
-def _checkpoint_to_resume(out_dir: Path) -> Path | None:
-    """The newest complete checkpoint: `last`, or `_previous` if a kill fell between the two renames."""
-    for name in ("last", "_previous"):
-        d = out_dir / CHECKPOINT_DIR / name
-        if (d / STATE_FILE).is_file():
-            return d
-    return None
 
 
 def evaluate_run(run_dir, split: str = "val", data_root=None) -> dict[str, float]:

@@ -36,7 +36,7 @@ def _make_run(run_dir: Path, cfg) -> Path:
 @pytest.fixture(scope="session")
 def bench_runs(tmp_path_factory) -> dict[str, Path]:
     """Tiny runs, exported to ONNX (fp32 + int8) with exports.onnx_export on the embedded sample."""
-    from exports.onnx_export import export_run
+    from harness.export_stage import export_run
 
     os.environ.setdefault("SEGVAE_CACHE_DIR", str(tmp_path_factory.mktemp("segvae-cache")))
     root = tmp_path_factory.mktemp("bench-runs")

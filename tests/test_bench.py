@@ -53,7 +53,7 @@ def runs(tmp_path_factory, data_root):
                      data_root)
     cvae = _make_run(root / "tiny-cvae", get_experiment("cvae-mnist").with_base_channels(4), data_root)
     # the UNet is exported here; the CVAE has no onnx/ folder, so run_bench must export it itself
-    from exports.onnx_export import export_run
+    from harness.export_stage import export_run
     export_run(unet, quantize="int8", data_root=data_root, calib_count=8)
     return {"unet": unet, "cvae": cvae}
 

@@ -354,9 +354,9 @@ def test_predict_ignores_paths_in_onnx_metadata(pipeline, tmp_path):
 
 
 def test_config_name_with_path_is_refused(pipeline, tmp_path):
-    from exports.onnx_export import export_run
     from harness.config import ExperimentConfig, get_experiment
     from harness.errors import UserError
+    from harness.export_stage import export_run
 
     for name in ("../../evil", "/abs/evil", "a/b", "..", ".", ""):
         with pytest.raises(UserError, match="name"):

@@ -36,6 +36,7 @@ def test_unet_run_writes_all_outputs(unet_run, data_root):
         assert (unet_run / name).is_file(), name
     m = read(unet_run / "metrics.json")
     assert m["experiment"] == "unet-sc-up-dice" and m["num_processes"] == 1
+    assert (m["device"], m["device_name"]) == ("cpu", None)  # where it ran: gpu_check.sh reads this
     for split in ("val", "test"):
         for k in ("dice", "iou", "dice_mean", "iou_mean"):
             assert 0.0 <= m[split][k] <= 1.0

@@ -297,7 +297,7 @@ def _prepare_run(run_dir: Path, index: int, cfg: BenchConfig, data_root, workdir
     if want_onnx and not (run_dir / "onnx").is_dir():
         _log(f"{run_dir.name}: no onnx/ folder, exporting (fp32 + int8)")
         try:
-            from exports.onnx_export import export_run
+            from harness.export_stage import export_run
             export_run(run_dir, quantize="int8", data_root=data_root)
         except Exception as e:  # ORT backends of this run are skipped with this reason
             job["onnx_error"] = f"ONNX export failed: {type(e).__name__}: {e}"
