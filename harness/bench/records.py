@@ -94,7 +94,8 @@ def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, re
         rec["early_stopping_ms"] = None
     rec["speedup"] = rec["speedup_p50"] = None
     if ref_fig is not None and base["backend"] != REFERENCE:
-        rec["speedup"] = stats.paired_ratio_ci(fig["_sps"], ref_fig["_sps"])
+        if scenario != "server":  # a server's throughput is the offered rate: compare latency there
+            rec["speedup"] = stats.paired_ratio_ci(fig["_sps"], ref_fig["_sps"])
         if scenario != "offline":
             rec["speedup_p50"] = stats.paired_ratio_ci(ref_fig["_p50"], fig["_p50"])
     sps = rec["samples_per_s"]
@@ -157,7 +158,7 @@ def format_table(records: list[dict]) -> str:
         vals = [r["run"][:16], r["backend"], r["scenario"], str(r["batch_size"]),
                 "all" if r["rank"] is None else str(r["rank"]),
                 fmt_ci(r["samples_per_s"], r["samples_per_s_ci"]),
-                fmt_ratio(r["speedup"]), fmt_ci(lat.get("p50"), (r["latency_ms_ci"] or {}).get("p50"), ".2f"),
+                fmt_ratio(r["speedup"] or r["speedup_p50"]), fmt_ci(lat.get("p50"), (r["latency_ms_ci"] or {}).get("p50"), ".2f"),
                 p90, str(r["queries_per_round"]), accuracy_text(r), verdict_text(r)]
         lines.append("  ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, cols)).rstrip())
     cov = next((r["ci_coverage"] for r in records if r.get("ci_coverage")), None)

@@ -159,14 +159,14 @@ def _start_workers(ctx: Ctx) -> dict:
     return workers
 
 
-def _safe(ctx: Ctx, job: dict, data: dict, live: dict, name: str, op: str, **kw):
+def _safe(ctx: Ctx, where: dict, data: dict, live: dict, name: str, op: str, **kw):
     """worker.call, a failure dropping the backend for this run with the reason in `skipped`."""
     try:
         return live[name].call(op, **kw)
     except WorkerError as e:
         data[name]["error"] = str(e)
         live.pop(name, None)
-        _log(f"{job['run']} | {name} failed in {op}: {str(e).splitlines()[0]}", ctx.dist.rank if ctx.dist.world > 1 else None)
+        _log(f"{where['run']} | {name} failed in {op}: {str(e).splitlines()[0]}", ctx.dist.rank if ctx.dist.world > 1 else None)
         return None
 
 
