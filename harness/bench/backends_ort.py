@@ -123,13 +123,14 @@ class OrtBackend:
         if not self.io_binding:
             run_opts, names, sess = None, self.output_names, self.sess
             return lambda: sess.run(names, feed, run_opts)
-        binding, values = self._binding(feed)  # values kept alive with the closure
+        binding, values = self._binding(feed)
         sess = self.sess
 
         def run():
             sess.run_with_iobinding(binding)
             binding.synchronize_outputs()
-            return values
+            run.values = values  # the device inputs live as long as the closure
+            return binding
         return run
 
     def __call__(self, inputs: dict) -> np.ndarray:

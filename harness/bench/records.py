@@ -10,7 +10,7 @@ from harness.bench.scenarios import LATENCY_KEYS, latency_stats
 SCHEMA_VERSION = 2
 RECORD_FIELDS = (
     "run", "experiment", "task", "backend", "precision", "scenario", "batch_size", "rounds",
-    "samples_per_s", "samples_per_s_ci", "ci_coverage", "latency_ms", "latency_ms_ci", "latency_pooled_ms",
+    "samples_per_s", "samples_per_s_ci", "ci_coverage", "rounds_samples_per_s", "rounds_p50_ms", "latency_ms", "latency_ms_ci", "latency_pooled_ms",
     "early_stopping_ms", "percentile_ok", "queries", "queries_per_round", "duration_s",
     "speedup", "speedup_p50", "flops_per_sample", "gflops_per_s", "pct_of_peak", "peak_rss_mb",
     "torch_in_process", "model_bytes", "model_file", "model_sha256", "export_config_hash", "run_config_hash",
@@ -32,8 +32,8 @@ def round_figures(rounds: list[dict]) -> dict:
     sps = [m["samples"] / m["duration_s"] if m["duration_s"] > 0 else 0.0 for m in rounds]
     lats = [latency_stats(m["latencies_s"]) or {} for m in rounds]
     med, ci, cov = _ci(sps)
-    out = {"samples_per_s": med, "samples_per_s_ci": ci, "ci_coverage": cov, "_sps": sps,
-           "_p50": [lat.get("p50") for lat in lats], "latency_ms": {}, "latency_ms_ci": {}}
+    out = {"samples_per_s": med, "samples_per_s_ci": ci, "ci_coverage": cov, "rounds_samples_per_s": sps,
+           "rounds_p50_ms": [lat.get("p50") for lat in lats], "latency_ms": {}, "latency_ms_ci": {}}
     for k in LATENCY_KEYS:
         m, c, _ = _ci([lat.get(k) for lat in lats if lat.get(k) is not None])
         out["latency_ms"][k], out["latency_ms_ci"][k] = m, c
@@ -95,9 +95,9 @@ def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, re
     rec["speedup"] = rec["speedup_p50"] = None
     if ref_fig is not None and base["backend"] != REFERENCE:
         if scenario != "server":  # a server's throughput is the offered rate: compare latency there
-            rec["speedup"] = stats.paired_ratio_ci(fig["_sps"], ref_fig["_sps"])
+            rec["speedup"] = stats.paired_ratio_ci(fig["rounds_samples_per_s"], ref_fig["rounds_samples_per_s"])
         if scenario != "offline":
-            rec["speedup_p50"] = stats.paired_ratio_ci(ref_fig["_p50"], fig["_p50"])
+            rec["speedup_p50"] = stats.paired_ratio_ci(ref_fig["rounds_p50_ms"], fig["rounds_p50_ms"])
     sps = rec["samples_per_s"]
     rec["gflops_per_s"] = base["flops_per_sample"] * sps / 1e9 if sps is not None else None
     rec["pct_of_peak"] = 100.0 * rec["gflops_per_s"] / (peak_g * n_proc) if peak_g and sps else None

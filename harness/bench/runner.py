@@ -280,6 +280,7 @@ def _bench(ctx: Ctx, run_dirs: list[Path], out, argv, omp_policy: str, t_start: 
                    "accuracy_batch_size": ctx.cfg.accuracy_batch_size, "omp_wait_policy": omp_policy,
                    "accuracy_samples_used": {j["run"]: j["n"] for j in jobs},
                    "accuracy_subset": {j["run"]: j["subset"] for j in jobs},
+                   "accuracy_class_counts": {j["run"]: j["class_counts"] for j in jobs},
                    "timing": {s: ctx.cfg.timing(s, 1) for s in ctx.cfg.scenarios},
                    "server": ctx.server or None,
                    "rss_method": "VmHWM (reset per run via /proc/self/clear_refs)" if sys.platform.startswith("linux")
