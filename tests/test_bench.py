@@ -354,18 +354,19 @@ def test_scenarios_on_a_fake_model():
 
 
 def test_rate_search_finds_the_capacity():
-    """A 5 ms server (capacity <= 200/s) with a 10 ms bound: the highest passing rate lies below
+    """A 5 ms server (capacity <= 200/s) with a 15 ms bound: the highest passing rate lies below
     capacity, and the search bracketed it (a failing probe above it)."""
     def run():
         time.sleep(0.005)
-    out = sc.search_rate(run, start_rate=20.0, latency_bound_ms=10.0, min_queries=30, min_duration=0.3, warmup=0,
+    out = sc.search_rate(run, start_rate=50.0, latency_bound_ms=15.0, min_queries=20, min_duration=0.2, warmup=0,
                          steps=2)
     assert out["rate"] is not None and out["rate"] < 200.0
     assert max(p[0] for p in out["probes"] if p[2]) == out["rate"]
     assert any(not p[2] and p[0] > out["rate"] for p in out["probes"])
-    assert all(p[2] == (p[1] <= 10.0) or not p[2] for p in out["probes"])
+    assert all(p[2] == (p[1] <= 15.0) or not p[2] for p in out["probes"])
 
 
+@pytest.mark.slow
 def test_torch_compile_cold_and_warm(runs):
     """One compile of the tiny CVAE at batch 2 into an empty inductor cache, then again warm."""
     ok, why = TorchCompile.available(CPU)
