@@ -193,6 +193,27 @@ def test_provenance(bench, runs):
             assert "converted once to bf16" in r["form"]["weights"]
 
 
+def test_flops_and_peak(bench, runs):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.bench.backends import example_inputs
+
+    doc, _ = bench
+    for name, run in runs.items():
+        cfg, net = _deployed(run)
+        x = example_inputs(cfg, 1)
+        args = [torch.from_numpy(x[k]) for k in (("image",) if cfg.task == "segmentation"
+                                                  else ("image", "label", "new_label", "eps"))]
+        with FlopCounterMode(display=False) as fc, torch.inference_mode():
+            net(*args)
+        for r in _recs(doc, run=run.name):
+            assert r["flops_per_sample"] == fc.get_total_flops() > 0
+            assert r["gflops_per_s"] == pytest.approx(r["flops_per_sample"] * r["samples_per_s"] / 1e9, rel=1e-9)
+            peak = doc["peak"][r["precision"]]["gflops_per_s"]
+            assert r["pct_of_peak"] == pytest.approx(100 * r["gflops_per_s"] / peak, rel=1e-9)
+            assert r["peak_rss_mb"] > 10 and r["threads"] == doc["config"]["threads"] == 1
+
+
 # ---------------------------------------------------------------------------- accuracy
 def test_unet_accuracy_equals_direct_computation(bench, runs, data_root):
     from harness.data import build_splits
