@@ -497,13 +497,14 @@ def bench_table(records: list[dict]) -> Table:
         p90_cell = fmt(p90, 2) + ("*" if _get(s, "percentile_ok", "p90") is False and _num(p90) is not None else "")
         p99_cell = fmt(_get(lat, "p99"), 2) + ("*" if _get(s, "percentile_ok", "p99") is False and _num(_get(lat, "p99")) is not None else "")
         rss = max((x for x in (_num(r.get("peak_rss_mb")) for r in rs) if x is not None), default=None)
+        gate, verdict = _bench_verdicts(rs)
         rows.append([
             _text(backend), _text(precision), _ci_cell(p50, lci.get("p50"), 2), p90_cell, p99_cell,
             _text(s.get("queries_per_round")) if s.get("queries_per_round") is not None else DASH,
             *[_ci_cell((offline(rs, b) or {}).get("samples_per_s"), (offline(rs, b) or {}).get("samples_per_s_ci"), 1)
               for b in batch_sizes],
             fmt(pct, 1, "%"), *acc_vals, _text(acc.get("accuracy_count")) if acc.get("accuracy_count") else DASH,
-            *_bench_verdicts(rs)[:1], sp50, sthr, fmt(rss, 0), _bench_verdicts(rs)[1],
+            gate, sp50, sthr, fmt(rss, 0), verdict,
         ])
     cov = next((_num(r.get("ci_coverage")) for r in records if _num(r.get("ci_coverage"))), None)
     note = (f"; [a-b]: order-statistic interval of the median over rounds (true coverage {100 * cov:.1f}%), "

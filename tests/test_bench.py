@@ -438,6 +438,22 @@ def test_distributed_two_processes(runs, data_root, tmp_path):
     assert 0 < eager["dice"] < 1 and all(abs(r["dice"] - eager["dice"]) <= 0.01 for r in doc["results"])
 
 
+def test_given_server_rate_and_search(runs, data_root, tmp_path):
+    """--server-qps/--latency-bound-ms given: every backend gets them; --server-search records the
+    highest passing rate per backend with its probes; a judge that raises falls back to MAE."""
+    def broken_judge(images, new_labels):
+        raise RuntimeError("judge weights missing")
+
+    cfg = BenchConfig(backends=["torch-eager", "ort-fp32"], scenarios=["server"], server_qps=40.0,
+                      latency_bound_ms=200.0, server_search=True, isolate=False, **{**FAST, "rounds": 1})
+    doc = run_bench(runs["cvae"], cfg, data_root=data_root, out=tmp_path / "b.json", judge_fn=broken_judge)
+    assert doc["config"]["server"]["tiny-cvae"]["from"] == "given"
+    for r in doc["results"]:
+        assert r["target_rate"] == 40.0 and r["latency_bound_ms"] == 200.0
+        assert r["search_probes"] and r["max_rate"] == max((p[0] for p in r["search_probes"] if p[2]), default=None)
+        assert r["judge_acc"] is None and "judge failed" in r["accuracy_gate"]["metric"]
+
+
 def test_in_process_without_reference_backend(runs, data_root, tmp_path, capsys):
     """isolate=False and no torch-eager among the backends: the accuracy reference is still computed."""
     cfg = BenchConfig(backends=["ort-fp32"], scenarios=["offline"], isolate=False, **{**FAST, "batch_sizes": [2]})

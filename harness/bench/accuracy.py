@@ -96,7 +96,11 @@ def figures(task: str, parts: list[dict], folder: Path, ref: dict | None, judge)
     diff = np.abs(out.astype(np.float64) - base.astype(np.float64))
     acc["max_abs_err"], acc["mean_abs_err"] = float(diff.max()), float(diff.mean())
     if judge is not None:
-        acc["judge_acc"] = float(judge(out, np.load(folder / "new_label.npy", allow_pickle=False)))
+        try:
+            acc["judge_acc"] = float(judge(out, np.load(folder / "new_label.npy", allow_pickle=False)))
+        except Exception as e:  # a broken judge must not cost the whole bench; the gate says so
+            acc["_judge_error"] = f"{type(e).__name__}: {e}"
+            print(f"[bench] judge failed: {acc['_judge_error']}", flush=True)
     return acc
 
 
@@ -111,5 +115,6 @@ def gate(task: str, acc: dict, ref: dict, target: float) -> dict:
     else:  # no judge: the output error alone decides, and the record says so
         g = accuracy_gate(1.0, 1.0, target, mae=acc["mean_abs_err"])
         g["ratio"] = None
-        g["metric"] = "MAE vs fp32 only (no judge given)"
+        why = acc.get("_judge_error") or ref.get("_judge_error")
+        g["metric"] = f"MAE vs fp32 only ({'judge failed: ' + why if why else 'no judge given'})"
     return g

@@ -10,7 +10,8 @@ from harness.bench.scenarios import LATENCY_KEYS, latency_stats
 SCHEMA_VERSION = 2
 RECORD_FIELDS = (
     "run", "experiment", "task", "backend", "precision", "scenario", "batch_size", "rounds",
-    "samples_per_s", "samples_per_s_ci", "ci_coverage", "rounds_samples_per_s", "rounds_p50_ms", "latency_ms", "latency_ms_ci", "latency_pooled_ms",
+    "samples_per_s", "samples_per_s_ci", "ci_coverage", "rounds_samples_per_s", "rounds_p50_ms",
+    "latency_ms", "latency_ms_ci", "latency_pooled_ms",
     "early_stopping_ms", "percentile_ok", "queries", "queries_per_round", "duration_s",
     "speedup", "speedup_p50", "flops_per_sample", "gflops_per_s", "pct_of_peak", "peak_rss_mb",
     "torch_in_process", "model_bytes", "model_file", "model_sha256", "export_config_hash", "run_config_hash",
@@ -46,7 +47,7 @@ def round_figures(rounds: list[dict]) -> dict:
     return out
 
 
-def validity(scenario: str, fig: dict, n_rounds: int, cfg, server: dict | None) -> list[str]:
+def validity(scenario: str, bs: int, fig: dict, n_rounds: int, cfg, server: dict | None) -> list[str]:
     """Why a record is not valid (empty list: valid), as LoadGen would judge it."""
     reasons = []
     if n_rounds < cfg.rounds:
@@ -59,7 +60,7 @@ def validity(scenario: str, fig: dict, n_rounds: int, cfg, server: dict | None) 
         from harness.bench.config import MLPERF_MIN_DURATION, MLPERF_OFFLINE_SAMPLES
         if fig["duration_s"] / max(n_rounds, 1) < MLPERF_MIN_DURATION:
             reasons.append(f"rounds shorter than LoadGen's {MLPERF_MIN_DURATION:.0f} s")
-        if scenario == "offline" and fig["queries_per_round"] * fig.get("_bs", 1) < MLPERF_OFFLINE_SAMPLES:
+        if scenario == "offline" and fig["queries_per_round"] * bs < MLPERF_OFFLINE_SAMPLES:
             reasons.append(f"fewer than {MLPERF_OFFLINE_SAMPLES} samples per round")
     if server is not None and server.get("bound_met") is False:
         reasons.append(f"server p99 over the {server['latency_bound_ms']:.2f} ms bound (or queries unserved) "
@@ -80,9 +81,8 @@ def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, re
                  search: dict | None, rank=None, peak_g: float | None = None, n_proc: int = 1) -> dict:
     """One record. base: the (run, backend) fields shared by every record (accuracy, provenance...)."""
     fig = round_figures(rounds)
-    fig["_bs"] = bs
     server = server_fields(rounds, search) if scenario == "server" else None
-    reasons = validity(scenario, fig, len(rounds), cfg, server)
+    reasons = validity(scenario, bs, fig, len(rounds), cfg, server)
     rec = {**base, "scenario": scenario, "batch_size": bs, "rounds": len(rounds),
            **{k: v for k, v in fig.items() if not k.startswith("_")}, "rank": rank}
     if scenario == "single-stream" or scenario == "server":
