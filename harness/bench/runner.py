@@ -32,7 +32,6 @@ from harness.bench.config import REFERENCE, BenchConfig
 from harness.bench.launchers import Dist, LocalWorker, ProcessWorker, WorkerError, configure_omp, interleave
 from harness.errors import UserError
 
-ALL_SCENARIOS = ("single-stream", "offline", "server")
 
 
 def _log(msg: str, rank: int | None = None):
