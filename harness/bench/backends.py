@@ -175,6 +175,9 @@ class TorchCompile(TorchEager):
         return True, ""
 
     def load(self, job, threads, device):
+        import torch
+
+        torch._dynamo.reset()  # nothing compiled for an earlier run carries over
         self._cache = tempfile.mkdtemp(prefix="segvae-inductor-")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = self._cache  # empty: the first compile is cold
         super().load(job, threads, device)
@@ -203,9 +206,12 @@ class TorchCompile(TorchEager):
             for b in self._compiled:  # the reset dropped earlier graphs: rebuild them from the cache
                 self._first_call(b)
             warm = self._first_call(batch_size)
+            before = sorted(b for b in self._compiled)
+            cold_note = ("cold: empty TORCHINDUCTOR_CACHE_DIR" if not before else
+                         f"cold for this batch size's graph (the on-disk cache held batch sizes {before} only)")
             self._compiled[batch_size] = {"cold": cold, "warm": warm,
-                                          "note": "cold: empty TORCHINDUCTOR_CACHE_DIR; warm: after "
-                                                  "torch._dynamo.reset() with that cache filled"}
+                                          "note": f"{cold_note}; warm: after torch._dynamo.reset() with the "
+                                                  "cache filled (same worker process)"}
         return self._compiled[batch_size]
 
     def close(self):
