@@ -150,20 +150,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     _predict_parser(sub)
 
-    b = sub.add_parser("bench", help="PyTorch vs ONNX Runtime: speed and accuracy")
+    b = sub.add_parser("bench", help="PyTorch vs ONNX Runtime: speed (medians and 95% CIs over interleaved "
+                                     "rounds), LoadGen validity and an accuracy gate")
     b.add_argument("run_dirs", nargs="+")
     b.add_argument("--data-root")
-    b.add_argument("--backends", type=_csv, help="comma list (default: all available)")
+    b.add_argument("--backends", type=_csv, help="comma list (default: all available on the device)")
     b.add_argument("--scenarios", type=_csv, help="single-stream,offline,server")
     b.add_argument("--batch-sizes", type=_csv_ints)
+    b.add_argument("--device", help="auto (default: CUDA when present, the local rank's GPU), cpu, cuda or cuda:N")
     b.add_argument("--threads", type=_positive_int)
-    b.add_argument("--min-queries", type=_positive_int)
-    b.add_argument("--min-duration", type=_positive_float, help="seconds per measurement")
-    b.add_argument("--warmup", type=int, help="untimed queries before each measurement")
+    b.add_argument("--rounds", type=_positive_int, help="interleaved rounds per measurement (default 5)")
+    b.add_argument("--min-queries", type=_positive_int, help="per round: queries (offline: samples), default 64")
+    b.add_argument("--min-duration", type=_positive_float, help="seconds per round and measurement (default 0.5)")
+    b.add_argument("--warmup", type=int, help="untimed queries before each round (default 3)")
     b.add_argument("--judges", help="folder of label-swap judges (OUT/judges) to score CVAE swaps with")
-    b.add_argument("--server-rate", type=_positive_float, help="queries/s for the server scenario")
-    b.add_argument("--latency-bound-ms", type=_positive_float)
-    b.add_argument("--accuracy-samples", type=_positive_int)
+    b.add_argument("--mlperf", action="store_true", default=None,
+                   help="LoadGen's full durations (600 s per round) and minimum query counts")
+    b.add_argument("--server-qps", type=_positive_float,
+                   help="server target rate, the same for every backend (default: 0.5 x torch eager's single-stream)")
+    b.add_argument("--latency-bound-ms", type=_positive_float,
+                   help="server p99 bound (default: 2 x torch eager's single-stream p90)")
+    b.add_argument("--server-search", action="store_true", default=None,
+                   help="also find each backend's highest Poisson rate whose p99 meets the bound")
+    b.add_argument("--accuracy-samples", type=_positive_int,
+                   help="class-stratified seeded subset of the test split (default: all of it)")
+    b.add_argument("--accuracy-target", type=_positive_float,
+                   help="gate: metric >= TARGET x the fp32 reference (default 0.99; 0.999 strict)")
     b.add_argument("--ort-opt-level", choices=["all", "extended", "basic", "disable"],
                    help="ONNX Runtime graph optimization level (default: all)")
     b.add_argument("--out", default="bench.json")
@@ -247,9 +259,9 @@ def _bench(a) -> int:
     from harness.bench import BenchConfig, run_bench
     from harness.pipeline import load_judges
 
-    fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "threads", "min_queries",
-                                         "min_duration", "server_rate", "latency_bound_ms", "accuracy_samples",
-                                         "ort_opt_level", "warmup")}
+    fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "device", "threads", "rounds",
+                                         "min_queries", "min_duration", "mlperf", "server_qps", "latency_bound_ms",
+                                         "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level", "warmup")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
     judge_fn = load_judges(a.judges) if a.judges else None
     run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv, judge_fn=judge_fn)

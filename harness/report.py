@@ -247,16 +247,20 @@ def plot_throughput(records: list[dict]) -> bytes | None:
     lines: dict[str, list[tuple[float, float]]] = {}
     for r in records:
         if r.get("scenario") == "offline" and _num(r.get("batch_size")) and _num(r.get("samples_per_s")) is not None:
-            lines.setdefault(_label(r), []).append((float(r["batch_size"]), float(r["samples_per_s"])))
+            ci = r.get("samples_per_s_ci") if isinstance(r.get("samples_per_s_ci"), list) else None
+            v = float(r["samples_per_s"])
+            lo, hi = (float(ci[0]), float(ci[1])) if ci and all(_num(x) is not None for x in ci) else (v, v)
+            lines.setdefault(_label(r), []).append((float(r["batch_size"]), v, v - lo, hi - v))
     if not lines:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, pts in sorted(lines.items()):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[[p[2] for p in pts], [p[3] for p in pts]],
+                    marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="batch size", ylabel="samples/s", title="offline throughput vs batch size")
+    ax.set(xlabel="batch size", ylabel="samples/s", title="offline throughput vs batch size (median, CI over rounds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png_of(fig)
@@ -408,8 +412,41 @@ def bench_groups(res: Results) -> dict[str, list[dict]]:
     return dict(sorted(out.items()))
 
 
+def _ci_cell(v, ci, digits: int) -> str:
+    """'93.6 [91.2-95.0]' for a bench v2 median with its interval; the plain number otherwise."""
+    if _num(v) is None:
+        return DASH
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_num(x) is not None for x in ci):
+        return f"{v:.{digits}f} [{ci[0]:.{digits}f}-{ci[1]:.{digits}f}]"
+    return fmt(v, digits)
+
+
+def _ratio_cell(r) -> str:
+    """'3.9× [3.7-4.1]': two significant figures, what a few paired rounds support."""
+    if not isinstance(r, dict) or any(_num(r.get(k)) is None for k in ("median", "lo", "hi")):
+        return DASH
+    sig = lambda x: f"{x:.2g}" if x < 10 else f"{x:.0f}"  # noqa: E731
+    return f"{sig(r['median'])}× [{sig(r['lo'])}-{sig(r['hi'])}]"
+
+
+def _bench_verdicts(rs: list[dict]) -> tuple[str, str]:
+    """(accuracy gate, validity) of one backend's records: pass/FAIL with the reason; valid or
+    which scenario is invalid and why (first reason)."""
+    gate = next((r for r in rs if r.get("accuracy_pass") is not None), None)
+    acc = DASH if gate is None else ("pass" if gate["accuracy_pass"] else
+                                     "FAIL: " + "; ".join(_get(gate, "accuracy_gate", "reasons") or []))
+    flagged = [r for r in rs if r.get("valid") is False]
+    if not any("valid" in r for r in rs):
+        return acc, DASH
+    if not flagged:
+        return acc, "valid"
+    return acc, "; ".join(f"{r.get('scenario')} bs{r.get('batch_size')}: {(r.get('invalid_reasons') or ['?'])[0]}"
+                          for r in flagged[:2]) + (f" (+{len(flagged) - 2} more)" if len(flagged) > 2 else "")
+
+
 def bench_table(records: list[dict]) -> Table:
-    """One row per (backend, precision): latency, throughput per batch size, % of peak, accuracy, speed-up."""
+    """One row per (backend, precision): latency, throughput per batch size (medians [95% CI] over
+    rounds for bench v2), % of peak, accuracy with its count and gate, speed-ups, validity."""
     batch_sizes = sorted({int(r["batch_size"]) for r in records
                           if r.get("scenario") == "offline" and _num(r.get("batch_size"))})
     by_backend: dict[tuple, list[dict]] = {}
@@ -422,25 +459,25 @@ def bench_table(records: list[dict]) -> Table:
     def offline(rs, bs):
         return next((r for r in rs if r.get("scenario") == "offline" and _num(r.get("batch_size")) == bs), None)
 
-    def best_thr(rs):
-        vals = [_num(r.get("samples_per_s")) for r in rs if r.get("scenario") == "offline"]
-        return max((v for v in vals if v is not None), default=None)
+    def best(rs):
+        return max((r for r in rs if r.get("scenario") == "offline" and _num(r.get("samples_per_s")) is not None),
+                   key=lambda r: r["samples_per_s"], default=None)
 
     def ss(rs):
         return next((r for r in rs if r.get("scenario") == "single-stream"), None)
 
     base_p50 = _num(_get(ss(base or []), "latency_ms", "p50"))
-    base_thr = best_thr(base or [])
+    base_thr = _num((best(base or []) or {}).get("samples_per_s"))
     acc_cols = ["Dice", "Dice Δ vs eager"] if task == "segmentation" else ["max |Δ| vs eager", "judge (swap)"]
-    cols = (["backend", "precision", "p50 ms", "p90 ms", "p99 ms"]
+    cols = (["backend", "precision", "p50 ms", "p90 ms", "p99 ms", "queries/round"]
             + [f"samples/s @bs{b}" for b in batch_sizes]
-            + ["best % of peak", *acc_cols, "speed-up p50", "speed-up best throughput", "peak RSS MB"])
+            + ["best % of peak", *acc_cols, "accuracy n", "accuracy gate", "speed-up p50", "speed-up best throughput",
+               "peak RSS MB", "verdict"])
     rows = []
     for (backend, precision), rs in by_backend.items():
-        s = ss(rs)
-        lat = (s or {}).get("latency_ms")
-        pcts = [_num(r.get("pct_of_peak")) for r in rs]
-        pct = max((p for p in pcts if p is not None), default=None)
+        s = ss(rs) or {}
+        lat, lci = s.get("latency_ms"), s.get("latency_ms_ci") or {}
+        pct = max((p for p in (_num(r.get("pct_of_peak")) for r in rs) if p is not None), default=None)
         acc = next((r for r in rs if any(r.get(k) is not None for k in
                                          ("dice", "dice_delta", "max_abs_err", "judge_acc"))), {})
         if task == "segmentation":
@@ -448,29 +485,46 @@ def bench_table(records: list[dict]) -> Table:
         else:
             me = _num(acc.get("max_abs_err"))
             acc_vals = [DASH if me is None else f"{me:.2e}", fmt_pct(acc.get("judge_acc"))]
-        p50 = _num(_get(lat, "p50"))
-        thr = best_thr(rs)
-        rss = [_num(r.get("peak_rss_mb")) for r in rs]
+        p50, top = _num(_get(lat, "p50")), best(rs) or {}
+        if "speedup" in top or "speedup_p50" in s:  # bench v2: paired per round, with the interval
+            sp50 = "1×" if backend == BASELINE_BACKEND else _ratio_cell(s.get("speedup_p50"))
+            sthr = "1×" if backend == BASELINE_BACKEND else _ratio_cell(top.get("speedup"))
+        else:
+            thr = _num(top.get("samples_per_s"))
+            sp50 = fmt(base_p50 / p50, 2, "×") if base_p50 and p50 else DASH
+            sthr = fmt(thr / base_thr, 2, "×") if base_thr and thr else DASH
+        p90 = _get(lat, "p90")
+        p90_cell = fmt(p90, 2) + ("*" if _get(s, "percentile_ok", "p90") is False and _num(p90) is not None else "")
+        p99_cell = fmt(_get(lat, "p99"), 2) + ("*" if _get(s, "percentile_ok", "p99") is False and _num(_get(lat, "p99")) is not None else "")
+        rss = max((x for x in (_num(r.get("peak_rss_mb")) for r in rs) if x is not None), default=None)
+        gate, verdict = _bench_verdicts(rs)
         rows.append([
-            _text(backend), _text(precision), fmt(p50, 2), fmt(_get(lat, "p90"), 2), fmt(_get(lat, "p99"), 2),
-            *[fmt((offline(rs, b) or {}).get("samples_per_s"), 1) for b in batch_sizes],
-            fmt(pct, 1, "%"), *acc_vals,
-            fmt(base_p50 / p50, 2, "×") if base_p50 and p50 else DASH,
-            fmt(thr / base_thr, 2, "×") if base_thr and thr else DASH,
-            fmt(max((x for x in rss if x is not None), default=None), 0),
+            _text(backend), _text(precision), _ci_cell(p50, lci.get("p50"), 2), p90_cell, p99_cell,
+            _text(s.get("queries_per_round")) if s.get("queries_per_round") is not None else DASH,
+            *[_ci_cell((offline(rs, b) or {}).get("samples_per_s"), (offline(rs, b) or {}).get("samples_per_s_ci"), 1)
+              for b in batch_sizes],
+            fmt(pct, 1, "%"), *acc_vals, _text(acc.get("accuracy_count")) if acc.get("accuracy_count") else DASH,
+            gate, sp50, sthr, fmt(rss, 0), verdict,
         ])
-    return Table(cols, rows, f"latency: single-stream, batch 1; speed-up vs {BASELINE_BACKEND}")
+    cov = next((_num(r.get("ci_coverage")) for r in records if _num(r.get("ci_coverage"))), None)
+    note = (f"; [a-b]: order-statistic interval of the median over rounds (true coverage {100 * cov:.1f}%), "
+            "speed-ups paired by round; * percentile from fewer queries than MLPerf LoadGen's minimum") if cov else ""
+    return Table(cols, rows, f"latency: single-stream, batch 1; speed-up vs {BASELINE_BACKEND}{note}")
 
 
 def server_table(records: list[dict]) -> Table | None:
     rs = [r for r in records if r.get("scenario") == "server"]
     if not rs:
         return None
-    cols = ["backend", "precision", "target rate (q/s)", "achieved rate (q/s)", "p99 ms", "latency bound ms", "bound met"]
+    cols = ["backend", "precision", "target rate (q/s)", "achieved rate (q/s)", "p99 ms", "latency bound ms",
+            "bound met", "highest rate meeting the bound (q/s)"]
     rows = [[_text(r.get("backend")), _text(r.get("precision")), fmt(r.get("target_rate"), 1),
-             fmt(r.get("achieved_rate"), 1), fmt(_get(r, "latency_ms", "p99"), 2), fmt(r.get("latency_bound_ms"), 1),
-             DASH if r.get("bound_met") is None else ("yes" if r.get("bound_met") else "no")] for r in rs]
-    return Table(cols, rows, "server scenario: Poisson arrivals at the target rate")
+             fmt(r.get("achieved_rate"), 1), _ci_cell(_get(r, "latency_ms", "p99"), _get(r, "latency_ms_ci", "p99"), 2),
+             fmt(r.get("latency_bound_ms"), 1),
+             DASH if r.get("bound_met") is None else ("yes" if r.get("bound_met") else "no"),
+             fmt(r.get("max_rate"), 1)] for r in rs]
+    return Table(cols, rows, "server scenario: Poisson arrivals at one target rate and bound per model, the same "
+                             "for every backend; latency from the scheduled arrival")
 
 
 def env_table(res: Results) -> Table | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.run_folder import (METRICS_FILE, WEIGHTS_FILE, load_config, load_weights_into, record_run,
+from harness.run_folder import (METRICS_FILE, WEIGHTS_FILE, load_weights_into, record_run,
                                 save_config, save_weights)
 from harness.config import ExperimentConfig
 from harness.errors import UserError

@@ -3,10 +3,25 @@
     from harness.bench import BenchConfig, run_bench
     doc = run_bench(["runs/unet-mp-tr-bce"], BenchConfig(backends=["torch-eager", "ort-fp32"]))
 
-Pieces: backends.py (REGISTRY of backends), scenarios.py (single-stream/offline/server),
-peak.py (matmul probe), runner.py (BenchConfig, run_bench). Schema: schema.md.
+Pieces: config.py (BenchConfig), backends.py / backends_ort.py (the REGISTRY), scenarios.py
+(single-stream/offline/server, rate search), stats.py (estimators), launchers.py (worker processes,
+interleaving, ranks), worker.py (the measuring side), trackers.py (memory, FLOPs, provenance),
+accuracy.py (inputs, figures, gate), records.py + assemble.py (the record schema, schema.md),
+peak.py (matmul probe), runner.py (run_bench). Imports are lazy: a worker process that runs
+ONNX Runtime imports `harness.bench` without pulling torch in.
 """
-from harness.bench.backends import REGISTRY as BACKENDS
-from harness.bench.runner import BenchConfig, run_bench
 
 __all__ = ["BenchConfig", "run_bench", "BACKENDS"]
+
+
+def __getattr__(name):
+    if name == "BenchConfig":
+        from harness.bench.config import BenchConfig
+        return BenchConfig
+    if name == "run_bench":
+        from harness.bench.runner import run_bench
+        return run_bench
+    if name == "BACKENDS":
+        from harness.bench.backends import REGISTRY
+        return REGISTRY
+    raise AttributeError(f"module 'harness.bench' has no attribute {name!r}")

@@ -6,119 +6,135 @@ A backend wraps one way of running a trained run's inference graph:
   cvae          inputs {"image", "label", "new_label", "eps"} (label swap)   -> generated [B,C,H,W]
 
 Interface (duck-typed; `Backend` is the base):
-  name, precision                       class attributes ("fp32" | "bf16" | "int8")
-  available() -> (bool, reason)         can this backend run on this machine at all?
-  load(run_dir, cfg, threads)           build the session/model for one run (cfg: ExperimentConfig)
-  prepare(batch_size) -> float | None   one-off work for a batch size (compile); returns its seconds
-  __call__(inputs) -> np.ndarray        one inference, inputs: dict of np.ndarray or torch.Tensor
-  model_file_size() -> int | None       bytes of the file(s) it runs (ONNX + external data, or safetensors)
-  close()                               free what load() built
+  name, precision, family               class attributes
+  available(device) -> (bool, reason)   can this backend run on this device at all?
+  load(job, threads, device)            build the model/session for one run (job: the runner's dict)
+  prepare(batch_size) -> dict | None    one-off work for a batch size (compile: cold/warm seconds)
+  bind(inputs) -> run()                 inputs placed where the backend computes ONCE; run() is one
+                                        timed query (it synchronizes on a GPU)
+  __call__(inputs) -> np.ndarray        one inference with host copies (the accuracy pass)
+  h2d_ms(inputs) -> float | None        host-to-device copy of these inputs, timed apart (GPU only)
+  form -> dict                          what exactly is timed (graph form, weights, TF32, IO binding)
+  model_file() -> Path | None           the file it runs (for size and sha256)
 
-Nothing here imports onnxruntime or the exporter at module import time.
+PyTorch backends run the graph in the form it is exported in (exports.onnx_export.graph_specs:
+BatchNorm folded), so they and ONNX Runtime compute the same function. Nothing here imports
+torch or onnxruntime at module import time (ORT workers must never import torch).
 """
 from __future__ import annotations
 
 import os
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-INPUT_NAMES = {"segmentation": ("image",), "cvae": ("image", "label", "new_label", "eps")}
-ONNX_FILES = {  # task -> precision -> file name inside RUN/onnx/ (written by exports.onnx_export)
-    "segmentation": {"fp32": "model.onnx", "int8": "model.int8.onnx"},
-    "cvae": {"fp32": "swap.onnx", "int8": "swap.int8.onnx"},
-}
-INDUCTOR_CACHE = Path.home() / ".cache" / "segvae" / "inductor"
+from harness.bench.backends_ort import (INPUT_NAMES, OrtCuda, OrtCudaFP16, OrtFP32, OrtInt8, OrtTensorRT,
+                                        files_size)
+
+__all__ = ["REGISTRY", "INPUT_NAMES", "files_size", "example_inputs"]
 
 
-def onnx_path(run_dir, task: str, precision: str) -> Path:
-    return Path(run_dir) / "onnx" / ONNX_FILES[task][precision]
-
-
-def files_size(path: Path) -> int | None:
-    """Size of an ONNX file plus its external-data file(s) (`model.onnx.data` and the like)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
-
-
-class Backend:
-    name = "?"
-    precision = "fp32"
-    family = "torch"
-
-    def __init__(self):
-        self.run_dir: Path | None = None
-        self.cfg = None
-        self.threads: int | None = None
+class TorchEager:
+    name, precision, family = "torch-eager", "fp32", "torch"
+    channels_last = False
+    dtype_name: str | None = None   # weights converted once to this dtype (bf16/fp16)
 
     @classmethod
-    def available(cls) -> tuple[bool, str]:
+    def available(cls, device) -> tuple[bool, str]:
         return True, ""
 
-    def load(self, run_dir, cfg, threads: int) -> None:
-        raise NotImplementedError
-
-    def prepare(self, batch_size: int) -> float | None:
-        return None
-
-    def __call__(self, inputs: dict) -> np.ndarray:
-        raise NotImplementedError
-
-    def model_file_size(self) -> int | None:
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-# --------------------------------------------------------------------------- PyTorch
-class TorchEager(Backend):
-    name, precision = "torch-eager", "fp32"
-    channels_last = False
-
-    def load(self, run_dir, cfg, threads):
+    def load(self, job: dict, threads: int, device) -> None:
         import torch
 
+        from exports.onnx_export import graph_specs
         from harness.run_folder import WEIGHTS_FILE, load_run
-        from models import LabelSwap
 
         torch.set_num_threads(threads)
-        self.run_dir, self.threads = Path(run_dir), threads
-        self.cfg, model = load_run(run_dir)
-        self.weights = self.run_dir / WEIGHTS_FILE
-        self.task = self.cfg.task
-        self.net = (LabelSwap(model) if self.task == "cvae" else model).eval()
+        self.device, self.task = device, job["task"]
+        self.cfg, model = load_run(job["run_dir"])
+        self.weights = Path(job["run_dir"]) / WEIGHTS_FILE
+        spec = graph_specs(self.cfg, model, fold_batchnorm=True)[0]
+        self.rewrites = list(spec.rewrites)
+        net = spec.module.eval().to(device.torch)
+        self.dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[self.dtype_name]) \
+            if self.dtype_name else None
+        if self.dtype is not None:
+            net = net.to(self.dtype)   # once: the timed calls run on converted weights
         if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.fn = self.net
+            net = net.to(memory_format=torch.channels_last)
+        self.net = self.fn = net
 
-    def _tensors(self, inputs: dict) -> list:
+    @property
+    def form(self) -> dict:
+        import torch
+
+        f = {"graph": "graph_specs(fold_batchnorm=True) module" + (f" ({', '.join(self.rewrites)})" if self.rewrites else ""),
+             "weights": f"converted once to {self.dtype_name}; float inputs cast per call" if self.dtype_name
+             else "fp32", "channels_last": self.channels_last, "device": str(self.device)}
+        if self.device.kind == "cuda":
+            f["tf32"] = {"matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+                         "cudnn": bool(torch.backends.cudnn.allow_tf32)}
+        return f
+
+    def _tensors(self, inputs: dict, device: str | None = None) -> list:
         import torch
 
         out = []
         for k in INPUT_NAMES[self.task]:
             v = inputs[k]
             t = torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+            t = t.to(device or self.device.torch)
             if self.channels_last and t.dim() == 4:
                 t = t.contiguous(memory_format=torch.channels_last)
             out.append(t)
         return out
 
-    def _run(self, args):
-        return self.fn(*args)
-
-    def __call__(self, inputs):
+    def _forward(self, args):
         import torch
 
+        if self.dtype is not None:
+            args = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
         with torch.inference_mode():
-            y = self._run(self._tensors(inputs))
-            return y.float().contiguous().numpy()
+            return self.fn(*args)
 
-    def model_file_size(self):
-        return self.weights.stat().st_size if self.weights.is_file() else None
+    def _sync(self):
+        if self.device.kind == "cuda":
+            import torch
+            torch.cuda.synchronize(self.device.index)
+
+    def bind(self, inputs: dict):
+        args = self._tensors(inputs)
+        self._sync()
+
+        def run():
+            self._forward(args)
+            self._sync()
+        return run
+
+    def __call__(self, inputs: dict) -> np.ndarray:
+        y = self._forward(self._tensors(inputs))
+        return y.float().cpu().contiguous().numpy()
+
+    def h2d_ms(self, inputs: dict) -> float | None:
+        """Median of 5 host-to-device copies of these inputs (GPU only; not in the timed loop)."""
+        if self.device.kind != "cuda":
+            return None
+        times = []
+        for _ in range(6):
+            t0 = time.perf_counter()
+            self._tensors(inputs)
+            self._sync()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times[1:])
+
+    def prepare(self, batch_size: int) -> dict | None:
+        return None
+
+    def model_file(self) -> Path | None:
+        return self.weights if self.weights.is_file() else None
 
     def close(self):
         self.fn = self.net = None
@@ -130,142 +146,83 @@ class TorchChannelsLast(TorchEager):
 
 
 class TorchBF16(TorchEager):
-    name, precision = "torch-bf16", "bf16"
+    name, precision, dtype_name = "torch-bf16", "bf16", "bf16"
 
-    def _run(self, args):
-        import torch
 
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.fn(*args)
+class TorchFP16(TorchEager):
+    name, precision, dtype_name = "torch-fp16", "fp16", "fp16"
+
+    @classmethod
+    def available(cls, device):
+        if device.kind != "cuda":
+            return False, "fp16 weights are a GPU form (no fast fp16 kernels on this CPU); run with --device cuda"
+        return True, ""
 
 
 class TorchCompile(TorchEager):
-    """torch.compile (inductor, dynamic=False: one specialised graph per batch size).
-
-    The inductor cache lives in TORCHINDUCTOR_CACHE_DIR (default ~/.cache/segvae/inductor), so a
-    second bench of the same model is warm. prepare(b) makes the first call at batch b and returns
-    its seconds (recorded as compile_s)."""
+    """torch.compile (inductor, dynamic=False: one graph per batch size). prepare(b) compiles COLD
+    (an empty TORCHINDUCTOR_CACHE_DIR made for this backend) and then WARM (torch._dynamo.reset()
+    and the same call again, the inductor cache now filled); both first-call seconds are returned."""
 
     name, precision = "torch-compile", "fp32"
 
     @classmethod
-    def available(cls):
+    def available(cls, device):
         import shutil
 
-        if not any(shutil.which(c) for c in ("gcc", "cc", "clang", "g++")):
+        if device.kind == "cpu" and not any(shutil.which(c) for c in ("gcc", "cc", "clang", "g++")):
             return False, "no C compiler on PATH (inductor needs one on the CPU)"
         return True, ""
 
-    def load(self, run_dir, cfg, threads):
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE))
-        Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
-        super().load(run_dir, cfg, threads)
+    def load(self, job, threads, device):
+        import torch
+
+        torch._dynamo.reset()  # nothing compiled for an earlier run carries over
+        self._cache = tempfile.mkdtemp(prefix="segvae-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = self._cache  # empty: the first compile is cold
+        super().load(job, threads, device)
+        self._compiled: dict[int, dict] = {}
+        self._compile()
+
+    def _compile(self):
         import torch
 
         self.fn = torch.compile(self.net, dynamic=False)
-        self._compiled: dict[int, float] = {}
+
+    def _first_call(self, batch_size: int) -> float:
+        x = example_inputs(self.cfg, batch_size)
+        t0 = time.perf_counter()
+        self(x)
+        self._sync()
+        return time.perf_counter() - t0
 
     def prepare(self, batch_size):
-        if batch_size in self._compiled:
-            return self._compiled[batch_size]
-        inputs = example_inputs(self.cfg, batch_size)
-        t0 = time.perf_counter()
-        self(inputs)
-        self._compiled[batch_size] = time.perf_counter() - t0
+        if batch_size not in self._compiled:
+            import torch
+
+            cold = self._first_call(batch_size)
+            torch._dynamo.reset()
+            self._compile()
+            for b in self._compiled:  # the reset dropped earlier graphs: rebuild them from the cache
+                self._first_call(b)
+            warm = self._first_call(batch_size)
+            before = sorted(b for b in self._compiled)
+            cold_note = ("cold: empty TORCHINDUCTOR_CACHE_DIR" if not before else
+                         f"cold for this batch size's graph (the on-disk cache held batch sizes {before} only)")
+            self._compiled[batch_size] = {"cold": cold, "warm": warm,
+                                          "note": f"{cold_note}; warm: after torch._dynamo.reset() with the "
+                                                  "cache filled (same worker process)"}
         return self._compiled[batch_size]
 
-
-# --------------------------------------------------------------------------- ONNX Runtime
-class OrtBackend(Backend):
-    family = "ort"
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    needs: str | None = None  # an execution provider that must be available
-
-    def __init__(self, opt_level: str = "all"):
-        super().__init__()
-        self.opt_level = opt_level  # ORT graph optimization level (exports.session.OPT_LEVELS)
-
-    @classmethod
-    def available(cls):
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            return False, f"onnxruntime not importable: {e}"
-        try:
-            from exports.session import OrtSession  # noqa: F401
-        except ImportError as e:
-            return False, f"exports.session not importable: {e}"
-        if cls.needs and cls.needs not in ort.get_available_providers():
-            return False, f"{cls.needs} not in onnxruntime.get_available_providers() {ort.get_available_providers()}"
-        return True, ""
-
-    def load(self, run_dir, cfg, threads):
-        from exports.session import OrtSession
-
-        from harness.run_folder import load_config
-        from harness.errors import UserError
-
-        self.run_dir, self.threads = Path(run_dir), threads
-        self.cfg = cfg if cfg is not None else load_config(run_dir)
-        self.task = self.cfg.task
-        self.path = onnx_path(run_dir, self.task, self.precision)
-        if not self.path.is_file():
-            raise UserError(f"{self.path} not found (run `segvae export {run_dir}"
-                            f"{' --quantize int8' if self.precision == 'int8' else ''}`)")
-        self.sess = OrtSession(str(self.path), threads=threads, providers=list(self.providers),
-                               graph_optimization=self.opt_level)
-        self._checked: set = set()
-
-    def __call__(self, inputs):
-        feed = {}
-        for k in INPUT_NAMES[self.task]:
-            v = inputs[k]
-            if not isinstance(v, np.ndarray):
-                v = v.numpy()
-            feed[k] = np.ascontiguousarray(v)
-        key = tuple((k, v.shape, v.dtype.str) for k, v in feed.items())
-        if key not in self._checked:  # OrtSession validates names/dtypes/shapes once per input signature
-            self._checked.add(key)
-            return np.asarray(self.sess(**feed))
-        return np.asarray(self.sess.run_unchecked(feed)[0])
-
-    def model_file_size(self):
-        return files_size(self.path)
-
     def close(self):
-        self.sess = None
+        super().close()
+        import shutil
+        shutil.rmtree(self._cache, ignore_errors=True)
 
 
-class OrtFP32(OrtBackend):
-    name, precision = "ort-fp32", "fp32"
-
-
-class OrtInt8(OrtBackend):
-    name, precision = "ort-int8", "int8"
-
-
-class OrtCuda(OrtBackend):
-    name, precision = "ort-cuda", "fp32"
-    providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    needs = "CUDAExecutionProvider"
-
-
-class OrtTensorRT(OrtBackend):
-    name, precision = "ort-tensorrt", "fp32"
-    providers = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-    needs = "TensorrtExecutionProvider"
-
-
-REGISTRY: dict[str, type[Backend]] = {c.name: c for c in (
-    TorchEager, TorchChannelsLast, TorchBF16, TorchCompile, OrtFP32, OrtInt8, OrtCuda, OrtTensorRT)}
-
-
-def get_backend(name: str) -> type[Backend]:
-    from harness.errors import UserError
-
-    if name not in REGISTRY:
-        raise UserError(f"unknown backend {name!r}: expected one of {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+REGISTRY: dict[str, type] = {c.name: c for c in (
+    TorchEager, TorchChannelsLast, TorchBF16, TorchFP16, TorchCompile,
+    OrtFP32, OrtInt8, OrtCuda, OrtCudaFP16, OrtTensorRT)}
 
 
 def example_inputs(cfg, batch_size: int) -> dict[str, np.ndarray]:

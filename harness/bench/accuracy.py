@@ -1,0 +1,120 @@
+"""Accuracy side of the bench: which test samples (whole split, or a class-stratified seeded
+subset), the per-backend figures from the workers' outputs, and the MLPerf-style gate
+(exports.accuracy_gate: metric >= target x the fp32 torch-eager reference)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from exports.accuracy_gate import accuracy_gate
+
+
+def class_labels(dataset) -> np.ndarray:
+    """Class of every sample: labels (MNIST/CIFAR) or, for pets, the breed (the image name's
+    prefix before the last '_', as in the Oxford-IIIT list file)."""
+    if hasattr(dataset, "labels"):
+        return np.asarray(dataset.labels).astype(np.int64)
+    names = list(getattr(dataset, "names", []) or [])
+    if len(names) != len(dataset):
+        return np.zeros(len(dataset), dtype=np.int64)  # no names: one class
+    breeds = [n.rsplit("_", 1)[0] for n in names]
+    index = {b: i for i, b in enumerate(sorted(set(breeds)))}
+    return np.asarray([index[b] for b in breeds], dtype=np.int64)
+
+
+def stratified_indices(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """All indices when n is None or >= len(labels); else n indices, each class getting its share
+    n x (class size / total) rounded by largest remainder, drawn at random (seeded) within the
+    class. Returned sorted."""
+    labels = np.asarray(labels)
+    total = len(labels)
+    if n is None or n >= total:
+        return np.arange(total)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = n * counts / total
+    share = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - share), kind="stable")[: n - share.sum()]:
+        share[i] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, share) if k]
+    return np.sort(np.concatenate(picked)) if picked else np.arange(0)
+
+
+def prepare_inputs(cfg, data_root, n_samples: int | None, seed: int, folder: Path) -> dict:
+    """Write the accuracy/timing inputs of one run as .npy files in `folder`; returns
+    {"n", "class_counts", "subset"} (subset: "whole test split" or how it was drawn)."""
+    import torch
+
+    from harness.data import build_splits
+    from harness.errors import UserError
+    from harness.labelswap import swap_inputs
+
+    test = build_splits(cfg, data_root)["test"]
+    if len(test) == 0:
+        raise UserError(f"the test split of {data_root or 'the embedded sample'} is empty")
+    labels = class_labels(test)
+    idx = stratified_indices(labels, n_samples, seed)
+    if cfg.task == "segmentation":
+        items = [test[int(i)] for i in idx]
+        arrays = {"image": torch.stack([x for x, _ in items]).numpy(), "mask": torch.stack([m for _, m in items]).numpy()}
+    else:
+        sub = test.subset(torch.as_tensor(idx))
+        s = swap_inputs(sub, n=len(sub), num_classes=cfg.num_classes, latent_dim=int(cfg.model["latent_dim"]),
+                        seed=seed, spread=False)
+        arrays = {k: v.numpy() for k, v in s.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, v in arrays.items():
+        np.save(folder / f"{k}.npy", np.ascontiguousarray(v))
+    _, counts = np.unique(labels[idx], return_counts=True)
+    whole = len(idx) == len(test)
+    return {"n": int(len(idx)), "class_counts": [int(c) for c in counts],
+            "subset": "whole test split" if whole else f"class-stratified subset of {len(test)} (seed {seed})"}
+
+
+def _load_outputs(parts: list[dict]) -> np.ndarray:
+    return np.concatenate([np.load(p["outputs"], allow_pickle=False) for p in parts if p.get("outputs")])
+
+
+def figures(task: str, parts: list[dict], folder: Path, ref: dict | None, judge) -> dict:
+    """Accuracy figures of one (run, backend) from its ranks' `accuracy` replies; ref = the
+    reference backend's figures (None for the reference itself). Keys starting with '_' stay private."""
+    acc = {k: None for k in ("dice", "iou", "max_abs_err", "mean_abs_err", "judge_acc")}
+    out = _load_outputs(parts)
+    acc["accuracy_count"] = int(out.shape[0])
+    if task == "segmentation":
+        import torch
+
+        from harness.metrics import seg_metrics, seg_stats
+
+        masks = np.load(folder / "mask.npy", allow_pickle=False)
+        m = seg_metrics(seg_stats(torch.from_numpy(out.astype(np.float32) - 0.5), torch.from_numpy(masks)))
+        acc["dice"], acc["iou"] = m["dice"], m["iou"]
+        return acc
+    acc["_outputs"] = out
+    base = out if ref is None else ref["_outputs"]
+    diff = np.abs(out.astype(np.float64) - base.astype(np.float64))
+    acc["max_abs_err"], acc["mean_abs_err"] = float(diff.max()), float(diff.mean())
+    if judge is not None:
+        try:
+            acc["judge_acc"] = float(judge(out, np.load(folder / "new_label.npy", allow_pickle=False)))
+        except Exception as e:  # a broken judge must not cost the whole bench; the gate says so
+            acc["_judge_error"] = f"{type(e).__name__}: {e}"
+            print(f"[bench] judge failed: {acc['_judge_error']}", flush=True)
+    return acc
+
+
+def gate(task: str, acc: dict, ref: dict, target: float) -> dict:
+    """exports.accuracy_gate on the task's metric, with the metric named in the result."""
+    if task == "segmentation":
+        g = accuracy_gate(acc["dice"], ref["dice"], target)
+        g["metric"] = "dice"
+    elif acc.get("judge_acc") is not None and ref.get("judge_acc") is not None:
+        g = accuracy_gate(acc["judge_acc"], ref["judge_acc"], target, mae=acc["mean_abs_err"])
+        g["metric"] = "judge label-swap success + MAE vs fp32"
+    else:  # no judge: the output error alone decides, and the record says so
+        g = accuracy_gate(1.0, 1.0, target, mae=acc["mean_abs_err"])
+        g["ratio"] = None
+        why = acc.get("_judge_error") or ref.get("_judge_error")
+        g["metric"] = f"MAE vs fp32 only ({'judge failed: ' + why if why else 'no judge given'})"
+    return g

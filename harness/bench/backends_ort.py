@@ -1,0 +1,191 @@
+"""ONNX Runtime backends. This module never imports torch (directly or through harness/models):
+ORT's peak memory is measured in a worker process that only loaded numpy and onnxruntime.
+
+Sessions use the settings of exports.session.OrtSession (intra-op threads, one inter-op thread,
+sequential execution, spinning off, the chosen optimization level); exports.session itself is not
+imported because it pulls torch in through harness.errors -> models.
+
+GPU providers (CUDA, TensorRT) get device_id = the resolved GPU and IO binding: bind() uploads the
+inputs once as OrtValues on the device and binds the outputs there, so a timed query is
+run_with_iobinding alone (no host copies). The same path runs on the CPU provider with
+io_binding=True (device 'cpu'), which is how it is tested without a GPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+INPUT_NAMES = {"segmentation": ("image",), "cvae": ("image", "label", "new_label", "eps")}
+ONNX_FILES = {  # task -> precision -> file name inside RUN/onnx/ (written by exports.onnx_export)
+    "segmentation": {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"},
+    "cvae": {"fp32": "swap.onnx", "int8": "swap.int8.onnx", "fp16": "swap.fp16.onnx"},
+}
+
+
+def onnx_path(run_dir, task: str, precision: str) -> Path:
+    return Path(run_dir) / "onnx" / ONNX_FILES[task][precision]
+
+
+def files_size(path) -> int | None:
+    """Size of an ONNX file plus its external-data file(s) (`model.onnx.data` and the like)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+
+
+def session_options(threads: int, opt_level: str):
+    import onnxruntime as ort
+
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = levels[opt_level]
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+class OrtBackend:
+    family = "ort"
+    name, precision = "ort-?", "fp32"
+    provider = "CPUExecutionProvider"
+    gpu = False
+
+    def __init__(self, opt_level: str = "all", io_binding: bool | None = None):
+        self.opt_level = opt_level
+        self.io_binding = self.gpu if io_binding is None else io_binding
+
+    @classmethod
+    def available(cls, device) -> tuple[bool, str]:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            return False, f"onnxruntime not importable: {e}"
+        have = ort.get_available_providers()
+        if cls.provider not in have:
+            return False, f"{cls.provider} not in onnxruntime.get_available_providers() {have}"
+        if cls.gpu and device.kind != "cuda":
+            return False, f"a GPU provider, and the bench device is {device}"
+        return True, ""
+
+    def providers(self, device) -> list:
+        if not self.gpu:
+            return ["CPUExecutionProvider"]
+        opts = {"device_id": int(device.index or 0)}
+        chain = [(self.provider, opts)]
+        if self.provider != "CUDAExecutionProvider":
+            chain.append(("CUDAExecutionProvider", opts))
+        return chain + ["CPUExecutionProvider"]
+
+    def load(self, job: dict, threads: int, device) -> None:
+        import onnxruntime as ort
+
+        self.task, self.device = job["task"], device
+        self.path = Path(job["onnx"][self.precision]["path"])
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path} not found")
+        self.sess = ort.InferenceSession(str(self.path), sess_options=session_options(threads, self.opt_level),
+                                         providers=self.providers(device))
+        self.output_names = [o.name for o in self.sess.get_outputs()]
+        self._ort_device = ("cuda", int(device.index or 0)) if self.gpu else ("cpu", 0)
+
+    @property
+    def form(self) -> dict:
+        return {"graph": self.path.name, "providers": self.sess.get_providers(), "io_binding": self.io_binding,
+                "device": str(self.device) if self.gpu else "cpu", "opt_level": self.opt_level}
+
+    def _feed(self, inputs: dict) -> dict:
+        return {k: np.ascontiguousarray(inputs[k]) for k in INPUT_NAMES[self.task]}
+
+    def _binding(self, feed: dict):
+        """An IO binding with inputs uploaded to the device and outputs bound there."""
+        import onnxruntime as ort
+
+        kind, idx = self._ort_device
+        binding = self.sess.io_binding()
+        values = {k: ort.OrtValue.ortvalue_from_numpy(v, kind, idx) for k, v in feed.items()}
+        for k, v in values.items():
+            binding.bind_ortvalue_input(k, v)
+        for o in self.output_names:
+            binding.bind_output(o, kind, idx)
+        return binding, values
+
+    def bind(self, inputs: dict):
+        feed = self._feed(inputs)
+        if not self.io_binding:
+            run_opts, names, sess = None, self.output_names, self.sess
+            return lambda: sess.run(names, feed, run_opts)
+        binding, values = self._binding(feed)
+        sess = self.sess
+
+        def run():
+            sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+            run.values = values  # the device inputs live as long as the closure
+            return binding
+        return run
+
+    def __call__(self, inputs: dict) -> np.ndarray:
+        feed = self._feed(inputs)
+        if not self.io_binding:
+            return np.asarray(self.sess.run(self.output_names[:1], feed)[0])
+        binding, _ = self._binding(feed)
+        self.sess.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0])
+
+    def h2d_ms(self, inputs: dict) -> float | None:
+        """Median of 5 uploads of these inputs as device OrtValues (GPU providers only)."""
+        if not self.gpu:
+            return None
+        import statistics
+        import time
+
+        import onnxruntime as ort
+
+        feed, times = self._feed(inputs), []
+        for _ in range(6):
+            t0 = time.perf_counter()
+            for v in feed.values():
+                ort.OrtValue.ortvalue_from_numpy(v, *self._ort_device)
+            times.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(times[1:])
+
+    def prepare(self, batch_size: int):
+        return None
+
+    def model_file(self) -> Path:
+        return self.path
+
+    def close(self):
+        self.sess = None
+
+
+class OrtFP32(OrtBackend):
+    name, precision = "ort-fp32", "fp32"
+
+
+class OrtInt8(OrtBackend):
+    name, precision = "ort-int8", "int8"
+
+
+class OrtCuda(OrtBackend):
+    name, precision, provider, gpu = "ort-cuda", "fp32", "CUDAExecutionProvider", True
+
+
+class OrtCudaFP16(OrtBackend):
+    """The fp16 graph (inputs/outputs float32) on the CUDA provider: RUN/onnx/*.fp16.onnx when the
+    export wrote one, else converted from the fp32 graph by exports.quantize.convert_fp16 into the
+    bench's scratch folder (the record says which)."""
+    name, precision, provider, gpu = "ort-cuda-fp16", "fp16", "CUDAExecutionProvider", True
+
+
+class OrtTensorRT(OrtBackend):
+    name, precision, provider, gpu = "ort-tensorrt", "fp32", "TensorrtExecutionProvider", True

@@ -1,0 +1,148 @@
+"""How backends are launched and take turns.
+
+- `ProcessWorker`: one persistent fresh Python process per backend (`python -m
+  harness.bench.worker`), kept alive for the whole bench, so torch's and ORT's thread pools never
+  share a process and an ORT worker never imports torch. Commands go as JSON lines on stdin.
+- `LocalWorker`: the same commands in this process (isolate=False, and always when distributed).
+- `Dist`: rank/world under `accelerate launch` (gather, broadcast, barrier).
+- `interleave`: the scheduler. Round r of every backend runs before round r+1 of any, so a noisy
+  minute on a shared machine hits every backend alike, and the speed-up of round r pairs two
+  measurements taken moments apart.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+from harness.bench.worker import Worker
+
+OMP_WAIT_POLICY = "PASSIVE"
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class ProcessWorker:
+    def __init__(self, name: str, settings: dict):
+        self.name = name
+        repo = str(Path(importlib.util.find_spec("harness").origin).parent.parent)  # the folder holding harness/
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.bench.worker", json.dumps({**settings, "name": name})],
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def call(self, op: str, **kw):
+        try:
+            self.proc.stdin.write(json.dumps([op, kw]) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            raise WorkerError(f"worker process for {self.name} died (exit code {self.proc.poll()})")
+        status, *payload = json.loads(line)
+        if status != "ok":
+            raise WorkerError(payload[0] + (f"\n{payload[1]}" if len(payload) > 1 and payload[1] else ""))
+        return payload[0]
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps(["exit", {}]) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+class LocalWorker:
+    def __init__(self, name: str, settings: dict, dist=None):
+        self.name = name
+        rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+        self.worker = Worker(name, settings, rank, world, dist if dist is not None and dist.world > 1 else None)
+
+    def call(self, op: str, **kw):
+        try:
+            return self.worker.handle(op, kw)
+        except Exception as e:
+            if os.environ.get("SEGVAE_BENCH_DEBUG"):
+                import traceback
+                traceback.print_exc()
+            raise WorkerError(f"{type(e).__name__}: {e}") from e
+
+    def close(self):
+        self.worker._close()
+
+
+def interleave(workers: dict, rounds: int, items: Iterable, call: Callable) -> None:
+    """for r in rounds: for each item (scenario, batch size): for each live backend: call(worker,
+    name, item, r). A backend whose call fails is dropped for the rest (call handles the error)."""
+    items = list(items)
+    for r in range(rounds):
+        for item in items:
+            for name in list(workers):
+                call(workers[name], name, item, r)
+
+
+class Dist:
+    """rank/world from accelerate's PartialState when launched with WORLD_SIZE > 1, else 0/1."""
+
+    def __init__(self):
+        self.rank, self.world, self.local_rank = 0, 1, 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch
+            from accelerate import PartialState
+
+            cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") \
+                or not torch.cuda.is_available()
+            state = PartialState(cpu=cpu)
+            self.rank, self.world = state.process_index, state.num_processes
+            self.local_rank = state.local_process_index
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            import torch.distributed as td
+            td.barrier()
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        import torch.distributed as td
+        box = [obj]
+        td.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list | None:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as td
+        out = [None] * self.world if self.main else None
+        td.gather_object(obj, out, dst=0)
+        return out
+
+    def close(self):
+        if self.world > 1:
+            import torch.distributed as td
+            if td.is_initialized():
+                td.barrier()
+                td.destroy_process_group()
+
+
+def configure_omp() -> str:
+    """torch's OpenMP threads wait passively (like ORT sessions, which run with spinning off) unless
+    the environment says otherwise: with the default active wait, 2 threads on 2 cores that another
+    process also uses made a small UNet forward ~100x slower on the dev machine. Returns the policy."""
+    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
+    return os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY)

@@ -1,0 +1,168 @@
+"""The record schema (schema.md, version 2): one flat record per (run, backend, scenario, batch
+size[, rank]) built from R interleaved rounds, with medians, confidence intervals, speed-ups
+against torch eager paired by round, LoadGen validity and the accuracy gate; and the CLI table."""
+from __future__ import annotations
+
+from harness.bench import stats
+from harness.bench.config import REFERENCE, TAIL, tail_min_queries
+from harness.bench.scenarios import LATENCY_KEYS, latency_stats
+
+SCHEMA_VERSION = 2
+RECORD_FIELDS = (
+    "run", "experiment", "task", "backend", "precision", "scenario", "batch_size", "rounds",
+    "samples_per_s", "samples_per_s_ci", "ci_coverage", "rounds_samples_per_s", "rounds_p50_ms",
+    "latency_ms", "latency_ms_ci", "latency_pooled_ms",
+    "early_stopping_ms", "percentile_ok", "queries", "queries_per_round", "duration_s",
+    "speedup", "speedup_p50", "flops_per_sample", "gflops_per_s", "pct_of_peak", "peak_rss_mb",
+    "torch_in_process", "model_bytes", "model_file", "model_sha256", "export_config_hash", "run_config_hash",
+    "threads", "isolated", "device", "form", "timing_includes_h2d", "h2d_ms", "compile_s",
+    "dice", "iou", "dice_delta", "max_abs_err", "mean_abs_err", "judge_acc", "accuracy_count",
+    "accuracy_subset", "accuracy_pass", "accuracy_gate", "valid", "invalid_reasons", "rank", "world_size",
+)
+SERVER_FIELDS = ("target_rate", "achieved_rate", "latency_bound_ms", "bound_met", "queries_offered",
+                 "queries_served", "max_rate", "search_probes")
+
+
+def _ci(values) -> tuple[float | None, list | None, float | None]:
+    c = stats.median_ci(values)
+    return (None, None, None) if c is None else (c["median"], [c["lo"], c["hi"]], c["coverage"])
+
+
+def round_figures(rounds: list[dict]) -> dict:
+    """Per-round samples/s and latency stats of one measurement -> medians and CIs."""
+    sps = [m["samples"] / m["duration_s"] if m["duration_s"] > 0 else 0.0 for m in rounds]
+    lats = [latency_stats(m["latencies_s"]) or {} for m in rounds]
+    med, ci, cov = _ci(sps)
+    out = {"samples_per_s": med, "samples_per_s_ci": ci, "ci_coverage": cov, "rounds_samples_per_s": sps,
+           "rounds_p50_ms": [lat.get("p50") for lat in lats], "latency_ms": {}, "latency_ms_ci": {}}
+    for k in LATENCY_KEYS:
+        m, c, _ = _ci([lat.get(k) for lat in lats if lat.get(k) is not None])
+        out["latency_ms"][k], out["latency_ms_ci"][k] = m, c
+    pooled = [x for m in rounds for x in m["latencies_s"]]
+    out["latency_pooled_ms"] = latency_stats(pooled)
+    per_round = min(len(m["latencies_s"]) for m in rounds)
+    out["queries"], out["queries_per_round"] = len(pooled), per_round
+    out["duration_s"] = sum(m["duration_s"] for m in rounds)
+    out["percentile_ok"] = {k: per_round >= tail_min_queries(k) for k in ("p50", "p90", "p99")}
+    return out
+
+
+def validity(scenario: str, bs: int, fig: dict, n_rounds: int, cfg, server: dict | None) -> list[str]:
+    """Why a record is not valid (empty list: valid), as LoadGen would judge it."""
+    reasons = []
+    if n_rounds < cfg.rounds:
+        reasons.append(f"only {n_rounds} of {cfg.rounds} rounds completed")
+    tail = TAIL.get(scenario)
+    if tail and not fig["percentile_ok"][tail]:
+        reasons.append(f"{tail} from {fig['queries_per_round']} queries per round < {tail_min_queries(tail)} "
+                       "(LoadGen early stopping, 99% confidence)")
+    if cfg.mlperf:
+        from harness.bench.config import MLPERF_MIN_DURATION, MLPERF_OFFLINE_SAMPLES
+        if fig["duration_s"] / max(n_rounds, 1) < MLPERF_MIN_DURATION:
+            reasons.append(f"rounds shorter than LoadGen's {MLPERF_MIN_DURATION:.0f} s")
+        if scenario == "offline" and fig["queries_per_round"] * bs < MLPERF_OFFLINE_SAMPLES:
+            reasons.append(f"fewer than {MLPERF_OFFLINE_SAMPLES} samples per round")
+    if server is not None and server.get("bound_met") is False:
+        reasons.append(f"server p99 over the {server['latency_bound_ms']:.2f} ms bound (or queries unserved) "
+                       "in at least one round")
+    return reasons
+
+
+def server_fields(rounds: list[dict], search: dict | None) -> dict:
+    ex = [m["extra"] for m in rounds]
+    met = [e.get("bound_met") for e in ex]
+    return {"target_rate": ex[0]["target_rate"], "achieved_rate": stats.median_ci([e["achieved_rate"] for e in ex])["median"],
+            "latency_bound_ms": ex[0]["latency_bound_ms"], "bound_met": None if None in met else all(met),
+            "queries_offered": sum(e["queries_offered"] for e in ex), "queries_served": sum(e["queries_served"] for e in ex),
+            "max_rate": (search or {}).get("rate"), "search_probes": (search or {}).get("probes")}
+
+
+def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, ref_fig: dict | None,
+                 search: dict | None, rank=None, peak_g: float | None = None, n_proc: int = 1) -> dict:
+    """One record. base: the (run, backend) fields shared by every record (accuracy, provenance...)."""
+    fig = round_figures(rounds)
+    server = server_fields(rounds, search) if scenario == "server" else None
+    reasons = validity(scenario, bs, fig, len(rounds), cfg, server)
+    rec = {**base, "scenario": scenario, "batch_size": bs, "rounds": len(rounds),
+           **{k: v for k, v in fig.items() if not k.startswith("_")}, "rank": rank}
+    if scenario == "single-stream" or scenario == "server":
+        tail = TAIL[scenario]
+        est, t = stats.early_stopping_percentile([x * 1e3 for m in rounds for x in m["latencies_s"]],
+                                                 int(tail[1:]) / 100)
+        rec["early_stopping_ms"] = {tail: est, "t": t}
+    else:
+        rec["early_stopping_ms"] = None
+    rec["speedup"] = rec["speedup_p50"] = None
+    if ref_fig is not None and base["backend"] != REFERENCE:
+        if scenario != "server":  # a server's throughput is the offered rate: compare latency there
+            rec["speedup"] = stats.paired_ratio_ci(fig["rounds_samples_per_s"], ref_fig["rounds_samples_per_s"])
+        if scenario != "offline":
+            rec["speedup_p50"] = stats.paired_ratio_ci(ref_fig["rounds_p50_ms"], fig["rounds_p50_ms"])
+    sps = rec["samples_per_s"]
+    rec["gflops_per_s"] = base["flops_per_sample"] * sps / 1e9 if sps is not None else None
+    rec["pct_of_peak"] = 100.0 * rec["gflops_per_s"] / (peak_g * n_proc) if peak_g and sps else None
+    h2d = [m.get("h2d_ms") for m in rounds if m.get("h2d_ms") is not None]
+    rec["h2d_ms"] = stats.median_ci(h2d)["median"] if h2d else None
+    rec["timing_includes_h2d"] = False if base["device"] != "cpu" else None
+    rec["valid"], rec["invalid_reasons"] = not reasons, reasons
+    if server is not None:
+        rec.update(server)
+    return rec
+
+
+# --------------------------------------------------------------------------- CLI table
+def fmt_ci(v, ci, spec: str = ".1f", unit: str = "") -> str:
+    """'93.6 [91.2-95.0] img/s'; '-' when unmeasured."""
+    if v is None:
+        return "-"
+    s = format(v, spec)
+    if ci and ci[0] is not None:
+        s += f" [{format(ci[0], spec)}-{format(ci[1], spec)}]"
+    return s + (f" {unit}" if unit else "")
+
+
+def _sig(v: float) -> str:
+    return f"{v:.2g}" if v < 10 else f"{v:.0f}"
+
+
+def fmt_ratio(r: dict | None) -> str:
+    """'3.9x [3.7-4.1]' (two significant figures: the rounds do not support more)."""
+    if not r:
+        return "-"
+    return f"{_sig(r['median'])}x [{_sig(r['lo'])}-{_sig(r['hi'])}]"
+
+
+def accuracy_text(r: dict) -> str:
+    n = r.get("accuracy_count")
+    if r["task"] == "segmentation":
+        txt = "-" if r.get("dice") is None else f"dice {r['dice']:.4f}"
+    else:
+        txt = "-" if r.get("mean_abs_err") is None else f"mae {r['mean_abs_err']:.1e}"
+        if r.get("judge_acc") is not None:
+            txt += f" judge {r['judge_acc']:.3f}"
+    verdict = {True: "pass", False: "FAIL", None: "?"}[r.get("accuracy_pass")]
+    return f"{txt} n={n} {verdict}"
+
+
+def verdict_text(r: dict) -> str:
+    return "valid" if r["valid"] else "INVALID: " + "; ".join(r["invalid_reasons"])
+
+
+def format_table(records: list[dict]) -> str:
+    cols = [("run", 16), ("backend", 19), ("scenario", 13), ("bs", 3), ("rank", 4), ("samples/s [95% CI]", 22),
+            ("vs eager", 15), ("p50 ms", 20), ("p90 ms", 9), ("q/round", 7), ("accuracy", 32), ("verdict", 0)]
+    lines = ["  ".join(f"{c:<{w}}" for c, w in cols).rstrip()]
+    for r in records:
+        lat = r["latency_ms"] or {}
+        p90 = "-" if lat.get("p90") is None else f"{lat['p90']:.2f}" + ("" if r["percentile_ok"]["p90"] else "*")
+        vals = [r["run"][:16], r["backend"], r["scenario"], str(r["batch_size"]),
+                "all" if r["rank"] is None else str(r["rank"]),
+                fmt_ci(r["samples_per_s"], r["samples_per_s_ci"]),
+                fmt_ratio(r["speedup"] or r["speedup_p50"]), fmt_ci(lat.get("p50"), (r["latency_ms_ci"] or {}).get("p50"), ".2f"),
+                p90, str(r["queries_per_round"]), accuracy_text(r), verdict_text(r)]
+        lines.append("  ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, cols)).rstrip())
+    cov = next((r["ci_coverage"] for r in records if r.get("ci_coverage")), None)
+    if cov is not None:
+        lines.append(f"intervals: order-statistic CI of the median over rounds, true coverage {cov:.2%} "
+                     "(95% needs >= 6 rounds); * = percentile from fewer queries than LoadGen's minimum")
+    return "\n".join(lines)

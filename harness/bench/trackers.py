@@ -1,0 +1,160 @@
+"""What the bench records besides time: memory (peak RSS), FLOPs, provenance (machine, software,
+git state, the exact ONNX files and the export they came from). Torch-free at import."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from harness.bench.backends_ort import INPUT_NAMES, files_size  # noqa: F401 - re-exported
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+ENV_FIELDS = ("cpu_model", "cpu_flags", "bf16_native", "int8_vnni", "cores_logical", "cores_physical", "platform",
+              "python", "torch", "onnxruntime", "accelerate", "numpy", "git_commit", "git_dirty", "command", "time")
+
+
+# --------------------------------------------------------------------------- memory
+def reset_peak_rss() -> bool:
+    """Reset VmHWM (Linux: /proc/self/clear_refs), so the next peak is this run's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> tuple[float, str]:
+    """(peak resident MB of this process, method). VmHWM on Linux, else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0, "VmHWM"
+    except OSError:
+        pass
+    import resource
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (kb / 1024.0 if sys.platform != "darwin" else kb / 2**20), "ru_maxrss"
+
+
+def jsonable(o):
+    """json.dumps default for numpy values and paths (worker replies)."""
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot encode {type(o).__name__}")
+
+
+# --------------------------------------------------------------------------- FLOPs
+def flops_per_sample(module, task: str, inputs: Mapping[str, np.ndarray]) -> int:
+    """torch.utils.flop_counter total at batch 1 (FLOPs = 2 x MACs; convs and matmuls only) of the
+    module the torch backends run."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args = [torch.from_numpy(np.ascontiguousarray(inputs[k][:1])) for k in INPUT_NAMES[task]]
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        module.eval()(*args)
+    return int(fc.get_total_flops())
+
+
+# --------------------------------------------------------------------------- provenance
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """(model name, the flags of CPU_FLAGS this CPU has), from /proc/cpuinfo read once."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip().lower()
+                if key == "model name" and ":" in line:
+                    model = line.split(":", 1)[1].strip()
+                elif key == "flags" and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return model, [f for f in CPU_FLAGS if f in flags]
+
+
+def _version(mod: str) -> str | None:
+    try:
+        from importlib.metadata import version
+        return version(mod)
+    except Exception:
+        return None
+
+
+def command_line(argv: list[str]) -> str:
+    argv = [str(a) for a in argv]
+    if argv and argv[0].endswith(os.path.join("harness", "__main__.py")):
+        argv = ["python", "-m", "harness", *argv[1:]]
+    return shlex.join(argv)
+
+
+def env_info(argv: list[str] | None = None) -> dict:
+    try:
+        import psutil
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        physical = None
+    model, flags = cpu_info()
+    from harness.run_folder import git_state
+
+    git = git_state()
+    commit, dirty = git["commit"], git["dirty"]
+    return {
+        "cpu_model": model, "cpu_flags": flags,
+        "bf16_native": any(f in flags for f in ("avx512_bf16", "amx_bf16")),
+        "int8_vnni": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")),
+        "cores_logical": os.cpu_count(), "cores_physical": physical,
+        "platform": platform.platform(), "python": platform.python_version(),
+        "torch": _version("torch"), "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "accelerate": _version("accelerate"), "numpy": np.__version__,
+        "git_commit": commit, "git_dirty": dirty,
+        "command": command_line(argv if argv else sys.argv),
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def onnx_provenance(run_dir: Path, run_hash: str, need: bool) -> dict:
+    """RUN/onnx/export.json checked against the run: {"config_hash", "export_json"}.
+
+    need=True (an ONNX backend is to be timed): a missing folder or export.json, or an export
+    whose config_hash differs from the run's, is a UserError naming the folder and the command to
+    re-run. The bench never exports by itself."""
+    from harness.errors import UserError
+    from harness.io import read_json
+
+    folder = Path(run_dir) / "onnx"
+    meta = folder / "export.json"
+    again = f"segvae export {run_dir} --quantize int8 [--data-root DATA]"
+    if not meta.is_file():
+        if need:
+            what = "no onnx/ folder" if not folder.is_dir() else f"no {meta.name} in {folder}"
+            raise UserError(f"{run_dir}: {what}; the bench times exported graphs and never exports "
+                            f"itself: run `{again}` first (or bench torch backends only with --backends)")
+        return {"config_hash": None, "export_json": None}
+    doc = read_json(meta, "export metadata")
+    got = doc.get("config_hash") if isinstance(doc, dict) else None
+    if need and got != run_hash:
+        raise UserError(f"{folder} is stale: exported from config hash {got}, but the run's config.json "
+                        f"hashes to {run_hash}; re-export with `{again}`")
+    return {"config_hash": got, "export_json": str(meta)}

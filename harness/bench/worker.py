@@ -1,0 +1,152 @@
+"""The measuring side: one `Worker` per backend holds the loaded model and answers commands.
+
+Launched as its own process (launchers.ProcessWorker: JSON lines on stdin, replies on a private
+copy of stdout while fd 1 is pointed at stderr, so library prints never corrupt a reply) or used
+in process (launchers.LocalWorker, distributed runs). Commands:
+
+  load      {job}                      build the backend for a run, prepare every batch size
+  measure   {scenario, batch_size, timing, rate?, bound_ms?, seed}   one round -> Measurement.pack()
+  search    {start_rate, bound_ms, timing, seed}                     highest rate meeting the bound
+  accuracy  {batch_size}               this rank's shard of the test inputs -> outputs saved as .npy
+  finish    {}                         peak RSS of this run, whether torch was ever imported here
+
+This module imports neither torch nor anything that does (ORT workers must stay torch-free).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from harness.bench import scenarios as sc
+from harness.bench import trackers
+from harness.bench.backends import INPUT_NAMES, REGISTRY
+from harness.bench.device import Device
+
+
+def _take(arrays, idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(np.take(v, idx, axis=0)) for k, v in arrays.items()}
+
+
+class Worker:
+    def __init__(self, name: str, settings: dict, rank: int = 0, world: int = 1, dist=None):
+        self.name, self.settings, self.rank, self.world, self.dist = name, settings, rank, world, dist
+        self.device = Device(*settings["device"])
+        self.backend, self.job = None, None
+        if REGISTRY[name].family == "torch":
+            import torch
+            torch.set_num_threads(settings["threads"])
+
+    # ------------------------------------------------------------------ commands
+    def handle(self, op: str, kw: dict):
+        return getattr(self, f"op_{op}")(**kw)
+
+    def op_load(self, job: dict) -> dict:
+        self._close()
+        trackers.reset_peak_rss()
+        cls = REGISTRY[self.name]
+        self.backend = cls(opt_level=self.settings["ort_opt_level"]) if cls.family == "ort" else cls()
+        self.job = job
+        self.arrays = {k: np.load(Path(job["dir"]) / f"{k}.npy", mmap_mode="r", allow_pickle=False)
+                       for k in INPUT_NAMES[job["task"]]}
+        self.backend.load(job, self.settings["threads"], self.device)
+        compile_s = {}
+        for b in self.settings["batch_sizes"]:
+            c = self.backend.prepare(b)
+            if c is not None:
+                compile_s[str(b)] = c
+        path = self.backend.model_file()
+        return {"form": self.backend.form, "compile_s": compile_s,
+                "model_bytes": trackers.files_size(path) if path else None}
+
+    def _inputs(self, b: int) -> dict:
+        n = len(next(iter(self.arrays.values())))
+        return _take(self.arrays, np.arange(b) % n)
+
+    def op_measure(self, scenario: str, batch_size: int, timing: dict, rate: float | None = None,
+                   bound_ms: float | None = None, seed: int = 0) -> dict | None:
+        if scenario != "offline" and self.rank != 0:  # rank 0 measures latency scenarios alone
+            return None
+        inputs = self._inputs(batch_size)
+        run = self.backend.bind(inputs)
+        warmup = self.settings["warmup"]
+        if scenario == "offline":
+            if self.dist is not None:
+                self.dist.barrier()  # ranks measure together: their throughputs add up
+            m = sc.offline(run, batch_size, warmup=warmup, **timing)
+        elif scenario == "single-stream":
+            m = sc.single_stream(run, warmup=warmup, **timing)
+        else:
+            m = sc.server(run, rate=rate, latency_bound_ms=bound_ms, warmup=warmup, seed=seed, **timing)
+        out = m.pack()
+        out["h2d_ms"] = self.backend.h2d_ms(inputs)
+        return out
+
+    def op_search(self, start_rate: float, bound_ms: float, timing: dict, seed: int = 0) -> dict | None:
+        if self.rank != 0:
+            return None
+        run = self.backend.bind(self._inputs(1))
+        return sc.search_rate(run, start_rate=start_rate, latency_bound_ms=bound_ms, warmup=self.settings["warmup"],
+                              seed=seed, **timing)
+
+    def op_accuracy(self, batch_size: int) -> dict:
+        """Outputs on this rank's contiguous shard, last batch padded with a repeat of its first
+        sample; segmentation keeps the predicted mask (logits > 0) as uint8."""
+        n = len(next(iter(self.arrays.values())))
+        shard = np.array_split(np.arange(n), self.world)[self.rank]
+        outs = []
+        for lo in range(0, len(shard), batch_size):
+            idx = shard[lo:lo + batch_size]
+            padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])]) if len(idx) < batch_size else idx
+            y = np.asarray(self.backend(_take(self.arrays, padded))[:len(idx)])
+            outs.append((y > 0).astype(np.uint8) if self.job["task"] == "segmentation" else y.astype(np.float32))
+        if not outs:
+            return {"outputs": None, "count": 0}
+        path = Path(self.job["dir"]) / f"out-{self.name}-r{self.rank}.npy"
+        np.save(path, np.concatenate(outs))
+        return {"outputs": str(path), "count": int(len(shard))}
+
+    def op_finish(self) -> dict:
+        rss, method = trackers.peak_rss_mb()
+        self._close()
+        return {"peak_rss_mb": rss, "rss_method": method, "torch_imported": "torch" in sys.modules}
+
+    def _close(self):
+        if self.backend is not None:
+            self.backend.close()
+        self.backend = None
+        import gc
+        gc.collect()
+
+
+def main() -> None:
+    """Process entry (see module docstring): settings JSON as argv[1], then one command per line."""
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything printed by libraries goes to stderr
+    sys.stdout = sys.stderr
+    settings = json.loads(sys.argv[1])
+    try:
+        worker = Worker(settings["name"], settings)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        worker, boot_error = None, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+    for line in sys.stdin:
+        op, kw = json.loads(line)
+        if op == "exit":
+            break
+        try:
+            if worker is None:
+                raise RuntimeError(boot_error)
+            payload = ["ok", worker.handle(op, kw)]
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, the worker lives on
+            payload = ["error", f"{type(e).__name__}: {e}",
+                       traceback.format_exc() if os.environ.get("SEGVAE_BENCH_DEBUG") else ""]
+        reply.write(json.dumps(payload, default=trackers.jsonable) + "\n")
+        reply.flush()
+
+
+if __name__ == "__main__":
+    main()
