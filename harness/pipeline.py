@@ -58,7 +58,7 @@ PRESETS: dict[str, Preset] = {
         segmentation={"epochs": 25, "image_size": 128, "batch_size": 8, "lr": 3e-3},
         cvae={"epochs": 20, "batch_size": 64, "early_stop_patience": None},
         unet_channels=16, cvae_channels=32, judge_epochs=10,
-        bench={"batch_sizes": [1, 8], "min_queries": 10, "min_duration": 0.5, "warmup": 2,
+        bench={"batch_sizes": [1, 8], "rounds": 3, "min_queries": 10, "min_duration": 0.3, "warmup": 2,
                "accuracy_samples": 200, "backends": ["torch-eager", "torch-bf16", "ort-fp32", "ort-int8"]},
     ),
     "cpu": Preset(
@@ -68,7 +68,7 @@ PRESETS: dict[str, Preset] = {
         segmentation={"mixed_precision": "bf16"},
         cvae={"early_stop_patience": None},
         judge_epochs=12, seeds=(0, 1, 2), cvae_seeds=(0,),
-        bench={"batch_sizes": [1, 8], "min_queries": 20, "min_duration": 1.0, "accuracy_samples": 120},
+        bench={"batch_sizes": [1, 8], "rounds": 5, "min_queries": 64, "min_duration": 1.0},
     ),
     "gpu": Preset(
         "A GPU run with the seed's settings: 64 base channels, 256 px, more epochs, bf16.",
