@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime graph optimization level (default: all)")
     b.add_argument("--out", default="bench.json")
 
+    _add_log_with(e, b)
+    _add_compare(sub)
+
     r = sub.add_parser("report", help="rebuild report.html and report.md from saved results")
     r.add_argument("runs_dir")
     r.add_argument("--out", help="folder for the report (default: RUNS_DIR)")
@@ -131,6 +134,51 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train every run and judge again (default: reuse finished runs and judges in --out "
                           "whose settings are unchanged, resume interrupted runs)")
     return p
+
+
+def _add_log_with(export_parser, bench_parser) -> None:
+    """--log-with for export and bench: W&B only (offline unless `wandb login` was run)."""
+    export_parser.add_argument("--log-with", choices=["wandb", "none"], default="none",
+                               help="wandb: log the ONNX files + export.json as a model artifact naming the "
+                                    "training run (offline unless you ran `wandb login`; default: none)")
+    bench_parser.add_argument("--log-with", choices=["wandb", "none"], default="none",
+                              help="wandb: log the results table, throughput/latency charts and env, linked to "
+                                   "the export artifacts (offline unless you ran `wandb login`; default: none)")
+
+
+def _add_compare(sub) -> None:
+    from harness.compare import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_SLOWDOWN, parse_fraction
+
+    def share(s: str) -> float:
+        try:
+            return parse_fraction(s)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    c = sub.add_parser("compare", help="regression gate: compare two bench.json files (exit 1 on a regression)",
+                       description="Faster / slower / no significant change per (experiment, backend, scenario, "
+                                   "batch size), from the 95%% intervals bench.json carries, plus accuracy "
+                                   "pass/fail; prints a Markdown table. Exit 0: no regression, 1: regression, "
+                                   "2: unreadable input.",
+                       epilog="example: segvae compare main/bench.json pr/bench.json --out comparison.md")
+    c.add_argument("old", metavar="OLD.json", help="the baseline bench.json (e.g. from the main branch)")
+    c.add_argument("new", metavar="NEW.json", help="the bench.json to judge (e.g. from the pull request)")
+    c.add_argument("--max-slowdown", type=share, default=DEFAULT_MAX_SLOWDOWN,
+                   help=f"a row is slower when NEW is worse by more than this (and the intervals are disjoint); "
+                        f"5%% or 0.05 (default: {100 * DEFAULT_MAX_SLOWDOWN:g}%%)")
+    c.add_argument("--max-accuracy-drop", type=_nonnegative_float, default=DEFAULT_MAX_ACCURACY_DROP,
+                   help=f"accuracy fails when it drops by more than this, absolute (default: {DEFAULT_MAX_ACCURACY_DROP})")
+    c.add_argument("--out", metavar="FILE.md", help="also write the Markdown report to this file (default: print only)")
+
+
+def _nonnegative_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
+    return v
 
 
 def _train(a) -> int:
@@ -198,6 +246,12 @@ def _report(a) -> int:
     return 0
 
 
+def _compare(a) -> int:
+    from harness.compare import run_compare
+
+    return run_compare(a.old, a.new, max_slowdown=a.max_slowdown, max_accuracy_drop=a.max_accuracy_drop, out=a.out)
+
+
 def _run(a) -> int:
     from harness.pipeline import run_pipeline
 
@@ -207,7 +261,7 @@ def _run(a) -> int:
 
 
 COMMANDS = {"train": _train, "export": _export, "predict": _predict, "bench": _bench,
-            "report": _report, "run": _run}
+            "report": _report, "run": _run, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:
