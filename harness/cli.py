@@ -136,14 +136,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tracker(s: str) -> str:
+    if s == "wandb":
+        from harness.wandb_log import check_available
+
+        try:
+            check_available()
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
 def _add_log_with(export_parser, bench_parser) -> None:
     """--log-with for export and bench: W&B only (offline unless `wandb login` was run)."""
-    export_parser.add_argument("--log-with", choices=["wandb", "none"], default="none",
+    export_parser.add_argument("--log-with", type=_tracker, choices=["wandb", "none"], default="none",
                                help="wandb: log the ONNX files + export.json as a model artifact naming the "
                                     "training run (offline unless you ran `wandb login`; default: none)")
-    bench_parser.add_argument("--log-with", choices=["wandb", "none"], default="none",
+    bench_parser.add_argument("--log-with", type=_tracker, choices=["wandb", "none"], default="none",
                               help="wandb: log the results table, throughput/latency charts and env, linked to "
                                    "the export artifacts (offline unless you ran `wandb login`; default: none)")
+
+
+def _log_results(a) -> None:
+    """After export/bench: log what they wrote to W&B when --log-with wandb (rank 0 only)."""
+    if getattr(a, "log_with", "none") == "wandb":
+        from harness import wandb_log
+
+        if a.command == "export":
+            wandb_log.after_export(a)
+        else:
+            wandb_log.after_bench(a)
 
 
 def _add_compare(sub) -> None:
@@ -218,6 +240,7 @@ def _export(a) -> int:
     export_run(a.run_dir, out_dir=a.out, quantize=a.quantize, calib_count=a.calib_count,
                data_root=a.data_root, tolerance=a.tolerance, fold_batchnorm=not a.no_fold_batchnorm,
                int8_pixel_shuffle_up=not a.keep_convtranspose)
+    _log_results(a)
     return 0
 
 
@@ -236,6 +259,7 @@ def _bench(a) -> int:
                                          "ort_opt_level")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
     run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv)
+    _log_results(a)
     return 0
 
 

@@ -151,14 +151,21 @@ def score_of(cfg: ExperimentConfig, metrics: dict) -> float:
 
 # ----------------------------------------------------------------------------- trackers
 def _init_trackers(accelerator, cfg: ExperimentConfig, out_dir: Path, log_with: str) -> str:
-    """Start the tracker; W&B runs offline without an API key and never blocks. Returns what is active."""
+    """Start the tracker; W&B runs offline unless logged in (`wandb login` or WANDB_API_KEY) and never
+    blocks; its run id goes to OUT/wandb/wandb_run.json so an export can name it. Returns what is active."""
     if log_with == "none":
         return "none"
     init_kwargs = {}
+    if log_with == "tensorboard":
+        import importlib.util
+
+        if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise UserError("--log-with tensorboard needs the tensorboard package: pip install tensorboard "
+                            "(or use --log-with wandb / none)")
     if log_with == "wandb":
-        if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-            os.environ["WANDB_MODE"] = "offline"
-        os.environ.setdefault("WANDB_SILENT", "true")
+        from harness.wandb_log import default_mode
+
+        default_mode()
         wandb_dir = out_dir / "wandb"
         wandb_dir.mkdir(parents=True, exist_ok=True)
         init_kwargs = {"wandb": {"dir": str(wandb_dir), "name": out_dir.name,
@@ -171,6 +178,15 @@ def _init_trackers(accelerator, cfg: ExperimentConfig, out_dir: Path, log_with: 
         accelerator.trackers = []
         return "none"
     mode = os.environ.get("WANDB_MODE", "online") if log_with == "wandb" else ""
+    if log_with == "wandb" and accelerator.is_main_process:
+        try:
+            run = accelerator.get_tracker("wandb", unwrap=True)
+            path = run.path if isinstance(run.path, str) else "/".join(map(str, run.path))
+            atomic_write_json(out_dir / "wandb" / "wandb_run.json", {
+                "id": run.id, "project": run.project, "name": run.name, "mode": mode,
+                "path": path if mode in ("online", "run") else None})
+        except Exception as e:  # noqa: BLE001 - the record is a convenience for `segvae export --log-with`
+            accelerator.print(f"warning: could not record the W&B run id: {e}")
     accelerator.print(f"logging to {log_with}{' (' + mode + ')' if mode else ''}")
     return log_with
 
