@@ -3,7 +3,7 @@ the bench table and charts, the model artifact naming its training run, the line
 from __future__ import annotations
 
 import json
-import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -12,38 +12,24 @@ from harness import wandb_log
 from harness.errors import UserError
 from tests.helpers import TINY_UNET, cli
 from tests.test_compare import bench_v1, bench_v2
-
-
-def wandb_records(path: Path):
-    """Every Record of a .wandb file (wandb's LevelDB-style log: 7-byte header, 32 KiB blocks,
-    chunks of crc32 (4) + length (2) + type (1: full, 2: first, 3: middle, 4: last))."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", data[:7]
-    pos, block, buf = 7, 32768, b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pos += 7
-        if kind == 0 and length == 0:
-            break
-        buf += data[pos:pos + length]
-        pos += length
-        if kind in (1, 4):
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            yield rec
-            buf = b""
+from tests.test_security import _wandb_records as wandb_records  # .wandb reader via wandb's protobufs
 
 
 def offline_run(wandb_dir: Path) -> tuple[Path, list]:
-    """The one offline run folder under wandb_dir (wandb adds a wandb/ level) and its records."""
+    """The one offline run folder under wandb_dir (wandb adds a wandb/ level) and its records, read
+    once the file is complete: wandb's service may still be flushing it when finish() returns."""
     folders = sorted((wandb_dir / "wandb").glob("offline-run-*"))
     assert len(folders) == 1, folders
-    return folders[0], list(wandb_records(next(folders[0].glob("run-*.wandb"))))
+    path = next(folders[0].glob("run-*.wandb"))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            records = list(wandb_records(path))
+        except Exception:  # noqa: BLE001 - a chunk half written: read again
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return folders[0], records
+        time.sleep(0.2)
 
 
 def of_type(records, kind: str) -> list:
@@ -133,6 +119,7 @@ def test_export_artifact_names_its_training_run_and_bench_logs_table(offline_env
     assert int8["accuracy"] == 0.7984 and int8["accuracy_count"] == 238 and int8["accuracy_pass"] is True
     assert int8["valid"] is True and int8["p50_ms"] == pytest.approx(1000 * 8 / 160)
     cfg = run_config(recs)
+    assert "env" in cfg, (sorted(cfg), [r.WhichOneof("record_type") for r in recs])
     assert cfg["env"] == bench_v2()["env"] and cfg["schema_version"] == 2
     assert [a["name"] for a in cfg["onnx_artifacts"]] == ["unet-mp-tr-bce-onnx"]
     assert cfg["onnx_artifacts"][0]["training_run"]["wandb_run_id"] == train_id  # training -> ONNX -> bench
