@@ -1,4 +1,4 @@
-"""`segvae` command line: train, export, predict, bench, report, run.
+"""`segvae` command line: train, export, predict, bench, compare, report, run.
 
 Every subcommand is a thin parser over one function in its own module. A UserError prints
 one clear line and exits 2; `--debug` shows the traceback instead.
@@ -179,16 +179,16 @@ def _add_compare(sub) -> None:
 
     c = sub.add_parser("compare", help="regression gate: compare two bench.json files (exit 1 on a regression)",
                        description="Faster / slower / no significant change per (experiment, backend, scenario, "
-                                   "batch size), from the 95%% intervals bench.json carries, plus accuracy "
+                                   "batch size), from the 95% intervals bench.json carries, plus accuracy "
                                    "pass/fail; prints a Markdown table. Exit 0: no regression, 1: regression, "
                                    "2: unreadable input.",
                        epilog="example: segvae compare main/bench.json pr/bench.json --out comparison.md")
     c.add_argument("old", metavar="OLD.json", help="the baseline bench.json (e.g. from the main branch)")
     c.add_argument("new", metavar="NEW.json", help="the bench.json to judge (e.g. from the pull request)")
-    c.add_argument("--max-slowdown", type=share, default=DEFAULT_MAX_SLOWDOWN,
+    c.add_argument("--max-slowdown", type=share, default=DEFAULT_MAX_SLOWDOWN, metavar="SHARE",
                    help=f"a row is slower when NEW is worse by more than this (and the intervals are disjoint); "
                         f"5%% or 0.05 (default: {100 * DEFAULT_MAX_SLOWDOWN:g}%%)")
-    c.add_argument("--max-accuracy-drop", type=_nonnegative_float, default=DEFAULT_MAX_ACCURACY_DROP,
+    c.add_argument("--max-accuracy-drop", type=_nonnegative_float, default=DEFAULT_MAX_ACCURACY_DROP, metavar="DROP",
                    help=f"accuracy fails when it drops by more than this, absolute (default: {DEFAULT_MAX_ACCURACY_DROP})")
     c.add_argument("--out", metavar="FILE.md", help="also write the Markdown report to this file (default: print only)")
 
