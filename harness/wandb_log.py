@@ -243,7 +243,8 @@ def log_bench(bench_path: str | os.PathLike, run_dirs=()) -> str | None:
     try:
         import wandb
 
-        run, mode = _init(bench_path.parent / "wandb", "bench", f"bench-{bench_path.stem}", config)
+        commit = str(bf.env(doc).get("git_commit") or "")[:10]
+        run, mode = _init(bench_path.parent / "wandb", "bench", f"bench-{commit or bench_path.stem}", config)
         for a in used:
             _use(run, mode, a)
         rows = table_rows(doc)
