@@ -1,7 +1,8 @@
 """The one place outside harness/bench that knows bench.json's field names, for readers of the file
 (`segvae compare`, the W&B bench log). Reads schema v1 (point figures) and v2 (medians with 95%
-intervals `<field>_ci: [lo, hi]`, `accuracy`, `accuracy_count`, `accuracy_pass`, `valid`,
-`invalid_reasons`), so a field renamed in the schema is changed here only.
+intervals: `samples_per_s_ci: [lo, hi]`, `latency_ms_ci: {p50: [lo, hi], ...}`; `accuracy_count`,
+`accuracy_pass` / `accuracy_gate`, `valid`, `invalid_reasons`), so a field renamed in the schema is
+changed here only. A few other spellings of the intervals are accepted too.
 """
 from __future__ import annotations
 
@@ -81,15 +82,14 @@ def interval(rec: dict, metric: str) -> tuple[float, float] | None:
 
 
 def accuracy(rec: dict, doc: dict | None = None) -> dict:
-    """{"value", "metric", "count", "pass"}: higher is better. v2 `accuracy`; v1 Dice (segmentation)
-    or the judge's label-swap accuracy (cvae, when judged)."""
-    metric = rec.get("accuracy_metric")
+    """{"value", "metric", "count", "pass"}: higher is better. An `accuracy` field if the schema has
+    one, else Dice (segmentation) or the judge's label-swap success (cvae, when judged)."""
+    gate = rec.get("accuracy_gate")
+    metric = rec.get("accuracy_metric") or (gate.get("metric") if isinstance(gate, dict) else None)
     v = num(rec.get("accuracy"))
-    if v is None:
-        if rec.get("task") == "cvae":
-            v, metric = num(rec.get("judge_acc")), "judge acc"
-        else:
-            v, metric = num(rec.get("dice")), "Dice"
+    if v is None:  # v1 and v2 carry the metric itself: Dice (segmentation), judge success (cvae)
+        v, metric = (num(rec.get("judge_acc")), "judge acc") if rec.get("task") == "cvae" else \
+            (num(rec.get("dice")), "Dice")
     elif not isinstance(metric, str):
         metric = "judge acc" if rec.get("task") == "cvae" else "Dice"
     count = rec.get("accuracy_count")
