@@ -109,8 +109,8 @@ def _widen(runs: Path) -> None:
     (runs / "pipeline.json").write_text(json.dumps(pipe))
 
 
-@pytest.fixture
-def browser_ok():
+def require_browser() -> None:
+    """In the test body (a FAILED test, not a fixture error): fail saying how to install, or skip on request."""
     if os.environ.get("SEGVAE_SKIP_BROWSER") == "1":
         pytest.skip("SEGVAE_SKIP_BROWSER=1: headless browser check skipped on request")
     try:
@@ -119,7 +119,8 @@ def browser_ok():
         pytest.fail(str(e), pytrace=False)
 
 
-def test_report_in_headless_chromium(browser_ok, tmp_path):
+def test_report_in_headless_chromium(tmp_path):
+    require_browser()
     from PIL import Image
 
     from harness.report import build_report
@@ -141,8 +142,9 @@ def test_report_in_headless_chromium(browser_ok, tmp_path):
     assert shot.size[0] == 1280 and shot.size[1] > 900  # the whole page, not just the first screen
 
 
-def test_checker_catches_a_broken_page(browser_ok, tmp_path):
+def test_checker_catches_a_broken_page(tmp_path):
     """The checks can fail: a broken image, a page wider than the screen and a script error."""
+    require_browser()
     page = tmp_path / "report.html"
     page.write_text('<!DOCTYPE html><html><body><div style="width:2000px">wide</div>'
                     '<img alt="broken" src="data:image/png;base64,AAAA"><table><tbody><tr><td>1</td></tr></tbody>'
