@@ -113,10 +113,13 @@ def require_browser() -> None:
     """In the test body (a FAILED test, not a fixture error): fail saying how to install, or skip on request."""
     if os.environ.get("SEGVAE_SKIP_BROWSER") == "1":
         pytest.skip("SEGVAE_SKIP_BROWSER=1: headless browser check skipped on request")
+    missing = None
     try:
         _binaries()
     except BrowserMissing as e:
-        pytest.fail(str(e), pytrace=False)
+        missing = str(e)
+    if missing:
+        pytest.fail(missing, pytrace=False)
 
 
 def test_report_in_headless_chromium(tmp_path):
