@@ -116,9 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime graph optimization level (default: all)")
     b.add_argument("--out", default="bench.json")
 
-    _add_log_with(e, b)
-    _add_compare(sub)
-
     r = sub.add_parser("report", help="rebuild report.html and report.md from saved results")
     r.add_argument("runs_dir")
     r.add_argument("--out", help="folder for the report (default: RUNS_DIR)")
@@ -133,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retrain", action="store_true",
                      help="train every run and judge again (default: reuse finished runs and judges in --out "
                           "whose settings are unchanged, resume interrupted runs)")
-    return p
+    return _add_extras(p, sub, export_parser=e, bench_parser=b)
 
 
 def _tracker(s: str) -> str:
@@ -145,6 +142,13 @@ def _tracker(s: str) -> str:
         except UserError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return s
+
+
+def _add_extras(p, sub, export_parser, bench_parser) -> argparse.ArgumentParser:
+    """`compare` and export/bench's --log-with, kept out of build_parser's blocks."""
+    _add_log_with(export_parser, bench_parser)
+    _add_compare(sub)
+    return p
 
 
 def _add_log_with(export_parser, bench_parser) -> None:
