@@ -148,7 +148,7 @@ def test_only_rank_zero_logs(offline_env, monkeypatch):
 
 
 def test_logged_in_via_netrc_goes_online(tmp_path, monkeypatch):
-    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SILENT", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     netrc = tmp_path / "netrc"
     monkeypatch.setenv("NETRC", str(netrc))
