@@ -152,7 +152,7 @@ def log_export(run_dir: str | os.PathLike, onnx_dir: str | os.PathLike | None = 
     export = read_json(onnx_dir / EXPORT_JSON, "export metadata")
     files = [f for f in (export.get("files") or {}) if (onnx_dir / f).is_file()]
     for f in list(files):  # external tensor data travels with its graph
-        if (onnx_dir / f"{f}.data").is_file():
+        if (onnx_dir / f"{f}.data").is_file() and f"{f}.data" not in files:
             files.append(f"{f}.data")
     trained = training_run(run_dir, export)
     name = _artifact_name(str(trained["experiment"] or run_dir.name))
