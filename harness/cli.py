@@ -1,4 +1,4 @@
-"""`segvae` command line: train, judge, export, predict, bench, report, run.
+"""`segvae` command line: train, judge, export, predict, bench, compare, report, run.
 
 Every subcommand is a thin parser over one function in its own module. A UserError prints
 one clear line and exits 2; `--debug` shows the traceback instead.
@@ -185,7 +185,81 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="folder for the report (default: RUNS_DIR)")
 
     _run_parser(sub)
+    return _add_extras(p, sub, export_parser=e, bench_parser=b)
+
+
+def _tracker(s: str) -> str:
+    if s == "wandb":
+        from harness.wandb_log import check_available
+
+        try:
+            check_available()
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
+def _add_extras(p, sub, export_parser, bench_parser) -> argparse.ArgumentParser:
+    """`compare` and export/bench's --log-with, kept out of build_parser's blocks."""
+    _add_log_with(export_parser, bench_parser)
+    _add_compare(sub)
     return p
+
+
+def _add_log_with(export_parser, bench_parser) -> None:
+    """--log-with for export and bench: W&B only (offline unless `wandb login` was run)."""
+    export_parser.add_argument("--log-with", type=_tracker, choices=["wandb", "none"], default="none",
+                               help="wandb: log the ONNX files + export.json as a model artifact naming the "
+                                    "training run (offline unless you ran `wandb login`; default: none)")
+    bench_parser.add_argument("--log-with", type=_tracker, choices=["wandb", "none"], default="none",
+                              help="wandb: log the results table, throughput/latency charts and env, linked to "
+                                   "the export artifacts (offline unless you ran `wandb login`; default: none)")
+
+
+def _log_results(a) -> None:
+    """After export/bench: log what they wrote to W&B when --log-with wandb (rank 0 only)."""
+    if getattr(a, "log_with", "none") == "wandb":
+        from harness import wandb_log
+
+        if a.command == "export":
+            wandb_log.after_export(a)
+        else:
+            wandb_log.after_bench(a)
+
+
+def _add_compare(sub) -> None:
+    from harness.compare import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_SLOWDOWN, parse_fraction
+
+    def share(s: str) -> float:
+        try:
+            return parse_fraction(s)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    c = sub.add_parser("compare", help="regression gate: compare two bench.json files (exit 1 on a regression)",
+                       description="Faster / slower / no significant change per (experiment, backend, scenario, "
+                                   "batch size), from the 95% intervals bench.json carries, plus accuracy "
+                                   "pass/fail; prints a Markdown table. Exit 0: no regression, 1: regression, "
+                                   "2: unreadable input.",
+                       epilog="example: segvae compare main/bench.json pr/bench.json --out comparison.md")
+    c.add_argument("old", metavar="OLD.json", help="the baseline bench.json (e.g. from the main branch)")
+    c.add_argument("new", metavar="NEW.json", help="the bench.json to judge (e.g. from the pull request)")
+    c.add_argument("--max-slowdown", type=share, default=DEFAULT_MAX_SLOWDOWN, metavar="SHARE",
+                   help=f"a row is slower when NEW is worse by more than this (and the intervals are disjoint); "
+                        f"5%% or 0.05 (default: {100 * DEFAULT_MAX_SLOWDOWN:g}%%)")
+    c.add_argument("--max-accuracy-drop", type=_nonnegative_float, default=DEFAULT_MAX_ACCURACY_DROP, metavar="DROP",
+                   help=f"accuracy fails when it drops by more than this, absolute (default: {DEFAULT_MAX_ACCURACY_DROP})")
+    c.add_argument("--out", metavar="FILE.md", help="also write the Markdown report to this file (default: print only)")
+
+
+def _nonnegative_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
+    return v
 
 
 def _train(a) -> int:
@@ -245,6 +319,7 @@ def _export(a) -> int:
                data_root=a.data_root, tolerance=a.tolerance, threads=a.threads,
                fold_batchnorm=not a.no_fold_batchnorm, int8_pixel_shuffle_up=not a.keep_convtranspose,
                fp16=a.fp16, fp16_tolerance=a.fp16_tolerance, accuracy_target=a.accuracy_target, strict=a.strict)
+    _log_results(a)
     return 0
 
 
@@ -265,6 +340,7 @@ def _bench(a) -> int:
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
     judge_fn = load_judges(a.judges) if a.judges else None
     run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv, judge_fn=judge_fn)
+    _log_results(a)
     return 0
 
 
@@ -273,6 +349,12 @@ def _report(a) -> int:
 
     build_report(a.runs_dir, out_dir=a.out)
     return 0
+
+
+def _compare(a) -> int:
+    from harness.compare import run_compare
+
+    return run_compare(a.old, a.new, max_slowdown=a.max_slowdown, max_accuracy_drop=a.max_accuracy_drop, out=a.out)
 
 
 def _run(a) -> int:
@@ -284,7 +366,7 @@ def _run(a) -> int:
 
 
 COMMANDS = {"train": _train, "judge": _judge, "export": _export, "predict": _predict, "bench": _bench,
-            "report": _report, "run": _run}
+            "report": _report, "run": _run, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:

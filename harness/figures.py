@@ -4,9 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from harness.io import atomic_write
+
+# Overlay colours: the report's caption and the header drawn on the figure use these names.
+TRUTH_COLOR, TRUTH_NAME = (40, 200, 40), "green"
+PRED_COLOR, PRED_NAME = (255, 40, 40), "red"
+OVERLAY_LEGEND = (f"columns: input image | ground-truth mask in {TRUTH_NAME} | predicted mask in {PRED_NAME} "
+                  f"(probability > 0.5), one test image per row")
 
 
 def _save_png(path, array_uint8: np.ndarray) -> Path:
@@ -15,7 +20,7 @@ def _save_png(path, array_uint8: np.ndarray) -> Path:
     return atomic_write(path, lambda p: Image.fromarray(array_uint8).save(p, format="PNG"))
 
 
-def overlay(image_uint8: np.ndarray, mask: np.ndarray, color=(255, 40, 40), alpha: float = 0.45) -> np.ndarray:
+def overlay(image_uint8: np.ndarray, mask: np.ndarray, color=PRED_COLOR, alpha: float = 0.45) -> np.ndarray:
     """Blend a binary mask over an HxWx3 uint8 image."""
     out = image_uint8.astype(np.float32).copy()
     m = mask.astype(bool)
@@ -23,14 +28,33 @@ def overlay(image_uint8: np.ndarray, mask: np.ndarray, color=(255, 40, 40), alph
     return out.clip(0, 255).astype(np.uint8)
 
 
+def _header(width: int, labels: list[tuple[tuple[str, ...], tuple]], height: int = 14) -> np.ndarray:
+    """A white strip with one coloured label per column (the longest variant that fits its column),
+    so the figure itself says which colour is which."""
+    from PIL import Image, ImageDraw
+
+    cells = []
+    for variants, colour in labels:
+        cell = Image.new("RGB", (width, height), (255, 255, 255))
+        draw = ImageDraw.Draw(cell)
+        text = next((t for t in variants if draw.textlength(t) <= width - 2), variants[-1])
+        draw.text((1, 1), text, fill=tuple(int(c * 0.75) for c in colour))  # darker: readable on white
+        cells.append(np.asarray(cell, dtype=np.uint8))
+    return np.concatenate(cells, axis=1)
+
+
 def save_overlays(path, images_uint8: list[np.ndarray], truths: list[np.ndarray], preds: list[np.ndarray]) -> Path:
-    """One row per image: input | ground truth | prediction (overlaid)."""
-    rows = [np.concatenate([img, overlay(img, t, (40, 200, 40)), overlay(img, p)], axis=1)
+    """One row per image: input | ground truth (green) | prediction (red), under a header naming them."""
+    rows = [np.concatenate([img, overlay(img, t, TRUTH_COLOR), overlay(img, p, PRED_COLOR)], axis=1)
             for img, t, p in zip(images_uint8, truths, preds)]
-    return _save_png(path, np.concatenate(rows, axis=0))
+    head = _header(images_uint8[0].shape[1], [
+        (("input",), (0, 0, 0)),
+        ((f"truth ({TRUTH_NAME})", "truth", TRUTH_NAME), TRUTH_COLOR),
+        ((f"prediction ({PRED_NAME})", "pred. (red)", "pred.", PRED_NAME), PRED_COLOR)])
+    return _save_png(path, np.concatenate([head, *rows], axis=0))
 
 
-def to_uint8_grid(images: torch.Tensor, nrow: int = 5, pad: int = 2) -> np.ndarray:
+def to_uint8_grid(images, nrow: int = 5, pad: int = 2) -> np.ndarray:
     """[N,C,H,W] in [0,1] -> HxWx3 uint8 grid."""
     from torchvision.utils import make_grid
 
@@ -38,11 +62,11 @@ def to_uint8_grid(images: torch.Tensor, nrow: int = 5, pad: int = 2) -> np.ndarr
     return (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def save_grid(path, images: torch.Tensor, nrow: int = 5) -> Path:
+def save_grid(path, images, nrow: int = 5) -> Path:
     return _save_png(path, to_uint8_grid(images, nrow))
 
 
-def save_swap_figure(path, sources: torch.Tensor, outputs: torch.Tensor, labels, new_labels,
+def save_swap_figure(path, sources, outputs, labels, new_labels,
                      class_names, title: str = "") -> Path:
     """5x5 cells, each: source (true label) beside its output (wrong label), labels written out."""
     import matplotlib

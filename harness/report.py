@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.figures import OVERLAY_LEGEND
 from harness.io import atomic_write_bytes, atomic_write_text, inside, read_json
 
 DASH = "—"
@@ -147,6 +148,11 @@ def collect(runs_dir: str | os.PathLike) -> Results:
                 setattr(res, attr, doc if isinstance(doc, dict) else None)
             except UserError as e:
                 res.warnings.append(str(e))
+    if not (res.runs or res.judges or res.bench is not None or res.warnings):
+        hint = (f"; {runs_dir} is itself a run folder: pass the folder that holds the runs, e.g. {runs_dir.parent}"
+                if (runs_dir / "config.json").is_file() else "")
+        raise UserError(f"no results in {runs_dir}: expected run folders (each with config.json + metrics.json, "
+                        f"written by `segvae train`), judges/ or bench.json{hint}")
     return res
 
 
@@ -584,7 +590,7 @@ def _unet_section(res: Results, unets: dict, figures: list[Figure]) -> list[Bloc
         for r in runs:
             png = read_png(res, r, _get(r["metrics"], "samples", "overlays"))
             blocks += _figure(figures, f"overlay-{r['dir'].name}", png,
-                              f"{name}, seed {r['config'].get('seed', '?')}: test predictions")
+                              f"{name}, seed {r['config'].get('seed', '?')}, test images: {OVERLAY_LEGEND}")
     return blocks
 
 
@@ -691,11 +697,13 @@ def _reproduce_section(res: Results) -> list[Block]:
 
 
 # =========================================================================== render
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
-text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}caption{caption-side:bottom;
-font-size:12px;color:#666;text-align:left}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
-figcaption{font-size:12px;color:#555}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}"""
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;
+overflow-wrap:anywhere}.scroll{max-width:100%;overflow-x:auto}table{border-collapse:collapse;margin:.6em 0 1.2em;
+font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;overflow-wrap:normal}th{background:#f2f2f2}
+td:first-child,th:first-child{text-align:left}caption{caption-side:bottom;font-size:12px;color:#666;text-align:left;
+overflow-wrap:anywhere}figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}
+figcaption{font-size:12px;color:#555}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px;
+white-space:pre-wrap}"""
 
 
 def render_html(blocks: list[Block]) -> str:
@@ -711,12 +719,12 @@ def render_html(blocks: list[Block]) -> str:
             out.append(f"<pre><code>{e(b.content)}</code></pre>")
         elif b.kind == "table":
             t: Table = b.content
-            out.append("<table>")
+            out.append('<div class="scroll"><table>')  # wide tables scroll in their box, not the page
             if t.caption:
                 out.append(f"<caption>{e(t.caption)}</caption>")
             out.append("<thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in t.columns) + "</tr></thead><tbody>")
             out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in t.rows]
-            out.append("</tbody></table>")
+            out.append("</tbody></table></div>")
         elif b.kind == "figure":
             f: Figure = b.content
             data = base64.b64encode(f.png).decode("ascii")

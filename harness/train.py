@@ -24,7 +24,7 @@ from harness.errors import UserError
 from harness.io import atomic_write_json, read_json
 from harness.metrics import cvae_metrics, cvae_stats, seg_metrics, seg_stats
 from harness.multinode import check_shared_out_dir
-from harness.trackers import init_trackers, log_images
+from harness.trackers import check_tracker, init_trackers, log_images
 from harness.train_checkpoints import (CHECKPOINT_DIR, STATE_FILE, check_resume, checkpoint_to_resume, fast_forward,
                                        save_checkpoint, verify_checkpoint)
 from models import build_model
@@ -181,6 +181,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
     from harness.data import build_splits
 
     cfg.validate()
+    check_tracker(log_with)  # a missing tracker package fails before data loading
     out_dir = Path(out_dir)
     mixed = resolve_precision(cfg.mixed_precision)
     accelerator = _make_accelerator(cfg, mixed, out_dir, log_with)

@@ -236,10 +236,17 @@ def test_report_without_bench_or_judges(tmp_path):
 
 
 def test_report_empty_runs_dir(tmp_path):
-    paths = build_report(tmp_path)
-    md = Path(paths["md"]).read_text()
-    assert "not run" in md.lower() and "Pipeline: not run" in md
-    assert "<body>" in Path(paths["html"]).read_text()
+    from harness.errors import UserError
+
+    from harness.cli import main
+
+    with pytest.raises(UserError, match=f"no results in {tmp_path}"):  # an empty report would hide the mistake
+        build_report(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    _unet_run(tmp_path, "a-run", 0, UNET["unet-mp-tr-bce"][0])
+    with pytest.raises(UserError, match="is itself a run folder"):
+        build_report(tmp_path / "a-run-s0")
+    assert not (tmp_path / "report.html").exists()
 
 
 def test_missing_runs_dir_is_user_error(tmp_path):

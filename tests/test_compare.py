@@ -1,0 +1,180 @@
+"""`segvae compare`: verdicts from intervals (v2) or the threshold alone (v1), exit codes 0 / 1 / 2."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.compare import FASTER, SAME, SLOWER, compare, parse_fraction
+
+# (backend, precision) -> (offline samples/s at bs 1, at bs 8, single-stream p50 ms, Dice)
+UNET = {("torch-eager", "fp32"): (40.0, 95.0, 24.0, 0.8012), ("ort-fp32", "fp32"): (55.0, 120.0, 17.5, 0.8012),
+        ("ort-int8", "int8"): (70.0, 160.0, 13.0, 0.7984)}
+CI = 0.02  # half width of the 95% interval, relative
+
+
+def _ci(v: float) -> list[float]:
+    return [round(v * (1 - CI), 4), round(v * (1 + CI), 4)]
+
+
+def _lat(p50: float) -> dict:
+    """latency_ms and latency_ms_ci of a record, as schema v2 writes them."""
+    lat = {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 1.5, "max": p50 * 2, "mean": p50 * 1.05, "std": p50 * 0.1}
+    return {"latency_ms": lat, "latency_ms_ci": {k: _ci(v) for k, v in lat.items()}}
+
+
+def bench_v2() -> dict:
+    """A bench.json in schema v2's shape: medians with 95% intervals, accuracy verdicts."""
+    results = []
+    for (backend, prec), (off1, off8, p50, dice) in UNET.items():
+        base = {"run": "unet-mp-tr-bce", "experiment": "unet-mp-tr-bce", "task": "segmentation", "backend": backend,
+                "precision": prec, "rank": None, "world_size": 1, "threads": 2, "rounds": 5, "ci_coverage": 0.9375,
+                "dice": dice, "iou": dice - 0.1, "dice_delta": dice - 0.8012, "accuracy_count": 238,
+                "accuracy_pass": True, "accuracy_gate": {"pass": True, "metric": "Dice", "target": 0.99, "reasons": []},
+                "valid": True, "invalid_reasons": []}
+        results.append({**base, "scenario": "single-stream", "batch_size": 1, "samples_per_s": 1000 / p50,
+                        "samples_per_s_ci": _ci(1000 / p50), **_lat(p50)})
+        for bs, thr in ((1, off1), (8, off8)):
+            results.append({**base, "scenario": "offline", "batch_size": bs, "samples_per_s": thr,
+                            "samples_per_s_ci": _ci(thr), **_lat(1000 * bs / thr)})
+        results.append({**base, "scenario": "server", "batch_size": 1, "samples_per_s": 20.0,
+                        "samples_per_s_ci": _ci(20.0), **_lat(p50 * 1.1), "target_rate": 20.0, "bound_met": True})
+    for backend, judge in (("torch-eager", 0.76), ("ort-fp32", 0.75)):
+        results.append({"run": "cvae-mnist", "experiment": "cvae-mnist", "task": "cvae", "backend": backend,
+                        "precision": "fp32", "scenario": "single-stream", "batch_size": 1, "rank": None,
+                        "samples_per_s": 900.0, "samples_per_s_ci": _ci(900.0), **_lat(1.1), "judge_acc": judge,
+                        "max_abs_err": 1e-6, "accuracy_count": 1000, "accuracy_pass": True,
+                        "accuracy_gate": {"pass": True, "metric": "judge success + MAE"},
+                        "valid": True, "invalid_reasons": []})
+    results.append({**results[0], "rank": 0})  # a per-rank record: never compared
+    return {"version": 2, "env": {"cpu_model": "Test CPU", "git_commit": "abc"}, "config": {}, "skipped": {},
+            "results": results}
+
+
+def bench_v1() -> dict:
+    """The same figures without intervals or accuracy verdicts (schema v1)."""
+    doc = bench_v2()
+    for r in doc["results"]:
+        for k in ("samples_per_s_ci", "latency_ms_ci", "accuracy_count", "accuracy_pass", "accuracy_gate", "valid",
+                  "invalid_reasons", "rounds", "ci_coverage"):
+            r.pop(k, None)
+    doc["version"] = 1
+    doc["config"] = {"accuracy_samples_used": {"unet-mp-tr-bce": 238, "cvae-mnist": 1000}}
+    return doc
+
+
+def _scaled(doc: dict, backend: str, factor: float) -> dict:
+    """One backend's throughput (and interval) times factor; its latency (and interval) divided by it."""
+    doc = copy.deepcopy(doc)
+    for r in doc["results"]:
+        if r["backend"] == backend:
+            r["samples_per_s"] *= factor
+            if "samples_per_s_ci" in r:
+                r["samples_per_s_ci"] = [x * factor for x in r["samples_per_s_ci"]]
+            r["latency_ms"] = {k: v / factor for k, v in r["latency_ms"].items()}
+            if "latency_ms_ci" in r:
+                r["latency_ms_ci"] = {k: [x / factor for x in v] for k, v in r["latency_ms_ci"].items()}
+    return doc
+
+
+def _write(tmp_path, name: str, doc: dict):
+    p = tmp_path / name
+    p.write_text(json.dumps(doc))
+    return p
+
+
+@pytest.mark.parametrize("make", [bench_v2, bench_v1])
+def test_against_itself_no_change(tmp_path, capsys, make):
+    p = _write(tmp_path, "bench.json", make())
+    assert main(["compare", str(p), str(p), "--out", str(tmp_path / "c.md")]) == 0
+    md = capsys.readouterr().out
+    assert md == (tmp_path / "c.md").read_text()
+    c = compare(make(), make())
+    assert len(c.speed) == 3 * 4 + 2 and {r["verdict"] for r in c.speed} == {SAME}  # rank 0 record left out
+    assert {r["verdict"] for r in c.accuracy} == {"pass"} and len(c.accuracy) == 5
+    assert "no regression" in md and md.count(SAME) == len(c.speed)
+    if make is bench_v1:  # no intervals: says the threshold alone decided
+        assert not c.intervals and "threshold only" in md and "schema v1" in md
+    else:
+        assert c.intervals and "threshold only" not in md
+
+
+@pytest.mark.parametrize("make", [bench_v2, bench_v1])
+def test_thirty_percent_slower_backend_is_named(tmp_path, capsys, make):
+    old = _write(tmp_path, "old.json", make())
+    new = _write(tmp_path, "new.json", _scaled(make(), "ort-int8", 0.7))
+    assert main(["compare", str(old), str(new)]) == 1
+    md = capsys.readouterr().out
+    c = compare(make(), _scaled(make(), "ort-int8", 0.7))
+    slower = {r["key"] for r in c.slower}
+    assert slower == {("unet-mp-tr-bce", "ort-int8", s, b) for s, b in
+                      (("single-stream", 1), ("offline", 1), ("offline", 8), ("server", 1))}
+    assert all(r["verdict"] == SAME for r in c.speed if r["key"][1] != "ort-int8")
+    row = next(r for r in c.speed if r["key"] == ("unet-mp-tr-bce", "ort-int8", "offline", 8))
+    assert row["change"] == pytest.approx(-0.30) and row["new"] == pytest.approx(112.0)
+    assert "REGRESSION" in md and "| unet-mp-tr-bce | ort-int8 | offline | 8 | samples/s |" in md
+    assert "-30.0%" in md and "**slower**" in md
+    # the reverse direction: faster, no regression
+    assert {r["verdict"] for r in compare(_scaled(make(), "ort-int8", 0.7), make()).speed
+            if r["key"][1] == "ort-int8"} == {FASTER}
+
+
+def test_overlapping_intervals_are_no_significant_change():
+    new = _scaled(bench_v2(), "ort-fp32", 0.93)  # 7% lower, but with intervals 30% wide they overlap
+    for r in new["results"]:
+        if r["backend"] == "ort-fp32":
+            v = r["samples_per_s"]
+            r["samples_per_s_ci"] = [v * 0.85, v * 1.15]
+    c = compare(bench_v2(), new)
+    rows = [r for r in c.speed if r["key"][1] == "ort-fp32" and r["metric"] == "samples_per_s"]
+    assert rows and all(r["verdict"] == SAME and r["note"] == "intervals overlap" for r in rows)
+    # the v1 fallback would call the same 7% drop slower: the threshold alone decides there
+    assert SLOWER in {r["verdict"] for r in compare(bench_v1(), _scaled(bench_v1(), "ort-fp32", 0.93)).speed}
+
+
+@pytest.mark.parametrize("make", [bench_v2, bench_v1])
+def test_int8_dice_drop_fails_accuracy(tmp_path, capsys, make):
+    new = make()
+    for r in new["results"]:
+        if r["backend"] == "ort-int8":
+            r["dice"] = round(r["dice"] - 0.02, 6)
+    old_p, new_p = _write(tmp_path, "old.json", make()), _write(tmp_path, "new.json", new)
+    assert main(["compare", str(old_p), str(new_p)]) == 1
+    md = capsys.readouterr().out
+    c = compare(make(), new)
+    assert [r["key"] for r in c.accuracy_failures] == [("unet-mp-tr-bce", "ort-int8")]
+    assert c.accuracy_failures[0]["drop"] == pytest.approx(0.02) and not c.slower
+    assert "| unet-mp-tr-bce | ort-int8 | Dice | 0.7984 | 0.7784 | -0.0200 | 238 / 238 | **fail** |" in md
+    # a looser gate lets it pass
+    assert main(["compare", str(old_p), str(new_p), "--max-accuracy-drop", "0.03"]) == 0
+
+
+def test_unreadable_input_exits_2(tmp_path, capsys):
+    good = _write(tmp_path, "good.json", bench_v2())
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["compare", str(good), str(bad)]) == 2
+    assert "bad.json" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "missing.json"), str(good)]) == 2
+    assert "missing.json" in capsys.readouterr().err
+    notbench = _write(tmp_path, "x.json", {"hello": 1})
+    assert main(["compare", str(notbench), str(good)]) == 2
+    err = capsys.readouterr().err
+    assert "x.json" in err and "'results' list" in err
+    unrelated = copy.deepcopy(bench_v2())
+    for r in unrelated["results"]:
+        r["experiment"] = "other-" + r["experiment"]
+    assert main(["compare", str(good), str(_write(tmp_path, "u.json", unrelated))]) == 2
+    assert "nothing to compare" in capsys.readouterr().err
+
+
+def test_max_slowdown_parsing():
+    assert parse_fraction("5%") == pytest.approx(0.05) and parse_fraction("0.05") == pytest.approx(0.05)
+    for bad in ("5", "abc", "-1%", "150%"):
+        with pytest.raises(ValueError):
+            parse_fraction(bad)
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "a.json", "b.json", "--max-slowdown", "5"])
+    assert e.value.code == 2
