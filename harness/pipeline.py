@@ -47,14 +47,14 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
     cvae_seeds: tuple[int, ...] | None = None           # None: the same as seeds (--seeds sets both)
     judge_epochs: int | None = None                     # None: the judge's own default
-    quantize: bool = True
-    bench: dict = field(default_factory=dict)           # BenchConfig fields
+    export: dict = field(default_factory=lambda: {"quantize": "int8"})  # `segvae export` flags
+    bench: dict = field(default_factory=dict)           # `segvae bench` flags (BenchConfig fields)
+    minutes: dict = field(default_factory=dict)         # measured wall minutes: {"bf16": ..., "fp32": ...}
 
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
-        "A quick CPU look (README's first command): the embedded sample, small widths, short runs; "
-        "6-7 minutes on 2 cores with bf16, 8 in fp32.",
+        "A quick CPU look (README's first command): the embedded sample, small widths, short runs.",
         segmentation={"epochs": 25, "image_size": 128, "batch_size": 8, "lr": 3e-3},
         cvae={"epochs": 20, "batch_size": 64, "early_stop_patience": None},
         unet_channels=16, cvae_channels=32, judge_epochs=10,
@@ -62,9 +62,8 @@ PRESETS: dict[str, Preset] = {
                "accuracy_samples": 200, "backends": ["torch-eager", "torch-bf16", "ort-fp32", "ort-int8"]},
     ),
     "cpu": Preset(
-        "A thorough CPU run on the full shared data (../shared/data): the registry's recipes with bf16 "
-        "UNets over 3 seeds (9-11 minutes of training per UNet on 2 cores), one seed per CVAE "
-        "(about 4 and 9 minutes).",
+        "A thorough CPU run on ../shared/data (a 3-breed Oxford-IIIT Pet subset, 8,000 + 8,000 MNIST and "
+        "CIFAR-10 images): the registry's recipes, bf16 UNets over 3 seeds, one seed per CVAE.",
         segmentation={"mixed_precision": "bf16"},
         cvae={"early_stop_patience": None},
         judge_epochs=12, seeds=(0, 1, 2), cvae_seeds=(0,),
@@ -75,6 +74,7 @@ PRESETS: dict[str, Preset] = {
         segmentation={"image_size": 256, "epochs": 100, "batch_size": 32, "mixed_precision": "bf16"},
         cvae={"epochs": 100, "batch_size": 256, "mixed_precision": "bf16"},
         unet_channels=64, cvae_channels=128, seeds=(0, 1, 2),
+        export={"quantize": "int8", "fp16": True},
         bench={"batch_sizes": [1, 8, 32, 128], "min_queries": 100, "min_duration": 5.0},
     ),
 }
@@ -136,8 +136,8 @@ def judge_argv(dataset: str, root: Path | None, out: Path, epochs: int | None, r
                         *(["--retrain"] if retrain else []))
 
 
-def export_argv(run: Path, root: Path | None, quantize: bool) -> list[str]:
-    return harness_argv("export", run, *_root(root), *(["--quantize", "int8"] if quantize else []))
+def export_argv(run: Path, root: Path | None, export: dict) -> list[str]:
+    return harness_argv("export", run, *_root(root), *as_flags(export))
 
 
 def bench_argv(runs: list[Path], root: Path | None, out: Path, bench: dict, judges: Path | None) -> list[str]:
@@ -215,7 +215,7 @@ def make_plan(preset: str, data_root, experiments, seeds, out_dir, log_with: str
             datasets.setdefault(cfg.dataset, []).append(run)
     plan.judges = [judge_argv(ds, plan.root, plan.out / JUDGES_DIR / ds, p.judge_epochs, runs, retrain)
                    for ds, runs in datasets.items()]
-    plan.exports = [export_argv(run, plan.root, p.quantize) for run in plan.primary]
+    plan.exports = [export_argv(run, plan.root, p.export) for run in plan.primary]
     plan.bench = bench_argv(plan.primary, plan.root, plan.out / BENCH_FILE, p.bench,
                             plan.out / JUDGES_DIR if datasets else None)
     plan.report = report_argv(plan.out)
@@ -249,18 +249,19 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
     print(f"segvae run: preset {preset!r} ({plan.p.description})\n  data {plan.root or 'the embedded sample'}"
           f"\n  experiments "
           f"{plan.experiments}, seeds {plan.seeds}\n  outputs under {plan.out.resolve()}", flush=True)
+    print(estimate_line(plan), flush=True)
     ran: list[list[str]] = []
     reused: list[str] = []
     stage_seconds: dict[str, float] = {}
     t = time.perf_counter()
     _train_stage(plan, retrain, ran, reused)
-    stage_seconds["train"] = time.perf_counter() - t
+    stage_seconds["train"] = _stage_done("train", t, t0)
     for stage, argvs in (("judges", plan.judges), ("export", plan.exports), ("bench", [plan.bench])):
         t = time.perf_counter()
         for argv in argvs:
             _child(argv, f"[{argv[3]} {Path(argv[4]).name}]")
             ran.append(argv)
-        stage_seconds[stage] = time.perf_counter() - t
+        stage_seconds[stage] = _stage_done(stage, t, t0)
     ran.append(plan.report)
     run_argv = ["segvae", *sys.argv[1:]] if sys.argv else []
     atomic_write_json(plan.out / PIPELINE_FILE, {
@@ -274,6 +275,25 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
     html = (plan.out / "report.html").resolve()
     print(f"segvae run finished in {wall / 60:.1f} min; report: {html}", flush=True)
     return {"out": plan.out, "wall_seconds": wall, "html": html, "md": (plan.out / "report.md").resolve()}
+
+
+def estimate_line(plan: Plan) -> str:
+    """What the preset took when it was measured, on this kind of CPU (native bf16 or not)."""
+    from harness.train import cpu_has_native_bf16
+
+    kind = "bf16" if cpu_has_native_bf16() else "fp32"
+    what = "a CPU with native bf16" if kind == "bf16" else "a CPU without native bf16"
+    minutes = plan.p.minutes.get(kind)
+    if minutes is None or plan.experiments != list(EXPERIMENTS):
+        return f"  estimate: none measured for this preset and selection on {what}"
+    return (f"  estimate: about {minutes:.0f} min on 2 cores of {what} (measured; reused runs make it "
+            f"shorter, more cores faster)")
+
+
+def _stage_done(stage: str, t: float, t0: float) -> float:
+    seconds = time.perf_counter() - t
+    print(f"[{stage}] done in {seconds / 60:.1f} min ({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
+    return seconds
 
 
 def run_state(run: Path, cfg: ExperimentConfig) -> str:

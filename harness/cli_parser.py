@@ -1,0 +1,292 @@
+"""The `segvae` argument parser: every flag says what it does and its default; every command's help
+ends with one example. Kept apart from harness/cli.py (the command functions) so both stay short."""
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+from harness.config import EXPERIMENTS, PRECISIONS
+
+FMT = argparse.RawDescriptionHelpFormatter
+LOG_WITH = ["wandb", "tensorboard", "none"]
+
+
+# ---------------------------------------------------------------------------- value types
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
+    return v
+
+
+def nonnegative_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
+    return v
+
+
+def nonnegative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def csv(s: str) -> list[str]:
+    return [p for p in s.replace(" ", ",").split(",") if p]
+
+
+def csv_ints(s: str) -> list[int]:
+    return [positive_int(p) for p in csv(s)]
+
+
+def csv_seeds(s: str) -> list[int]:
+    try:
+        seeds = [int(p) for p in csv(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds, got {s!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integer seeds, got {s!r}")
+    return seeds
+
+
+def tracker(s: str) -> str:
+    """--log-with wandb needs wandb installed: say so at parse time, before any work."""
+    if s == "wandb":
+        from harness.errors import UserError
+        from harness.wandb_log import check_available
+
+        try:
+            check_available()
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
+def share(s: str) -> float:
+    from harness.compare import parse_fraction
+
+    try:
+        return parse_fraction(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _command(sub, name: str, help: str, example: str, description: str | None = None):
+    return sub.add_parser(name, help=help, description=textwrap.fill(description or help, 100), formatter_class=FMT,
+                          epilog=f"example:\n  {example}")
+
+
+# ---------------------------------------------------------------------------- commands
+def _train(sub) -> None:
+    t = _command(sub, "train", "train one experiment (works under `accelerate launch`)",
+                 "segvae train unet-mp-tr-bce --data-root ../shared/data --out runs/unet-mp-tr-bce",
+                 "Train one experiment of the registry. Flags override its recipe (harness/config.py); "
+                 "unset flags keep the recipe's value.")
+    t.add_argument("experiment", metavar="EXPERIMENT",
+                   help=f"one of: {', '.join(EXPERIMENTS)}")
+    t.add_argument("--config", help="JSON config to start from, e.g. a run's config.json (default: the registry's recipe)")
+    t.add_argument("--data-root", help="dataset root in torchvision's layouts (default: the embedded real sample)")
+    t.add_argument("--download", action="store_true",
+                   help="let torchvision download missing data into --data-root (online only; default: off)")
+    t.add_argument("--epochs", type=positive_int, help="training epochs (default: the recipe's)")
+    t.add_argument("--batch-size", type=positive_int, help="per-process batch size (default: the recipe's)")
+    t.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's)")
+    t.add_argument("--image-size", type=positive_int, help="UNet input size in pixels (default: the recipe's, 128)")
+    t.add_argument("--base-channels", type=positive_int, help="width of the first block (default: the recipe's)")
+    t.add_argument("--mixed-precision", choices=PRECISIONS,
+                   help="auto: bf16 where the CPU/GPU computes it natively, fp16 on GPUs without it, else fp32 "
+                        "(default: the recipe's: auto for UNets, no (fp32) for CVAEs)")
+    t.add_argument("--seed", type=int, help="training seed (default: the recipe's, 0)")
+    t.add_argument("--kl-weight", type=float, help="CVAE: weight of the KL term (default: the recipe's)")
+    t.add_argument("--max-train-samples", type=positive_int, help="train on at most N images (default: all)")
+    t.add_argument("--num-workers", type=nonnegative_int, help="DataLoader worker processes (default: the recipe's)")
+    t.add_argument("--no-augment", action="store_true", help="turn data augmentation off (default: on)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC activations: oneDNN's fast layout on CPUs, tensor cores on GPUs (default: on)")
+    t.add_argument("--compile", action="store_true", help="torch.compile (inductor) the model (default: off)")
+    t.add_argument("--out", help="run folder (default: runs/EXPERIMENT)")
+    t.add_argument("--log-with", choices=LOG_WITH, default="none",
+                   help="experiment tracker; W&B runs offline unless you ran `wandb login` (default: none)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the last epoch checkpoint in --out (default: start fresh)")
+
+
+def _judge(sub) -> None:
+    j = _command(sub, "judge", "train the label-swap judge of a dataset; with --runs, score CVAE runs",
+                 "segvae judge mnist --runs runs/cvae-mnist --out runs/judges/mnist",
+                 "Train (or reuse) the classifier that scores label-swapped outputs, record its fitness on "
+                 "real and degraded test images in judge.json, and with --runs write RUN/labelswap.json.")
+    j.add_argument("dataset", choices=["mnist", "cifar10"], help="the dataset whose judge to train")
+    j.add_argument("--data-root", help="dataset root (default: the data the first --runs run recorded, "
+                                       "else the embedded sample)")
+    j.add_argument("--out", help="judge folder (default: runs/judges/DATASET)")
+    j.add_argument("--epochs", type=positive_int, help="training epochs (default: the judge recipe's)")
+    j.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    j.add_argument("--runs", nargs="+", default=[], metavar="RUN",
+                   help="CVAE run folders to score; each gets RUN/labelswap.json (default: none)")
+    j.add_argument("--retrain", action="store_true",
+                   help="train again even when --out holds a judge with the same settings (default: reuse it)")
+
+
+def _export(sub) -> None:
+    e = _command(sub, "export", "export a trained run to ONNX, check parity and gate int8 accuracy",
+                 "segvae export runs/unet-mp-tr-bce --quantize int8",
+                 "Write RUN/onnx/*.onnx and export.json after checking each graph against PyTorch on ORT's CPU "
+                 "provider; nothing is written when a check fails.")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `segvae train`")
+    e.add_argument("--quantize", choices=["int8"], help="also write the int8 graph, calibrated on training "
+                                                        "images (default: fp32 only)")
+    e.add_argument("--calib-count", type=positive_int, default=128,
+                   help="training images for int8 calibration (default: 128)")
+    e.add_argument("--data-root", help="data for parity, calibration and the gate (default: the data the run "
+                                       "recorded in RUN_DIR/run.json)")
+    e.add_argument("--tolerance", type=positive_float, default=1e-4,
+                   help="fp32 parity bound, x max(1, max |PyTorch output|) (default: 1e-4)")
+    e.add_argument("--out", help="output folder (default: RUN_DIR/onnx)")
+    e.add_argument("--no-fold-batchnorm", action="store_true",
+                   help="UNet: keep BatchNorm nodes instead of folding them into the convs (default: fold)")
+    e.add_argument("--keep-convtranspose", action="store_true",
+                   help="UNet int8: quantize the graph with its ConvTranspose (fp32 on ORT's CPU provider) instead "
+                        "of the 1x1 Conv + DepthToSpace form (default: the rewrite)")
+    e.add_argument("--fp16", action="store_true",
+                   help="also write model.fp16.onnx / swap.fp16.onnx for ORT's CUDA provider (default: off)")
+    e.add_argument("--fp16-tolerance", type=positive_float, default=1e-2,
+                   help="fp16 parity bound, x max(1, max |PyTorch output|) (default: 1e-2)")
+    e.add_argument("--accuracy-target", type=positive_float, default=0.99,
+                   help="int8 gate: UNet int8 Dice >= TARGET x the fp32 graph's; CVAEs: mean |int8 - fp32| <= "
+                        "0.02 (default: 0.99, MLPerf; 0.999 strict)")
+    e.add_argument("--strict", action="store_true",
+                   help="refuse to write an int8 graph that fails the gate (default: write it, marked FAIL)")
+    e.add_argument("--threads", type=positive_int, help="ONNX Runtime threads for the checks (default: all cores)")
+    e.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
+                   help="wandb: log the ONNX files + export.json as a model artifact naming the training run "
+                        "(offline unless you ran `wandb login`; default: none)")
+
+
+def _predict(sub) -> None:
+    pr = _command(sub, "predict", "masks and overlays with ONNX Runtime only (no PyTorch)",
+                  "segvae predict --onnx runs/unet-mp-tr-bce/onnx/model.onnx cat.jpg dog.png --out predictions")
+    pr.add_argument("--onnx", required=True, help="a UNet graph written by `segvae export` (required)")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    pr.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    pr.add_argument("--threads", type=positive_int, help="ONNX Runtime threads (default: all cores)")
+
+
+def _bench(sub) -> None:
+    b = _command(sub, "bench", "PyTorch vs ONNX Runtime: speed with 95% intervals, LoadGen validity, accuracy gate",
+                 "segvae bench runs/unet-mp-tr-bce --backends torch-eager,ort-fp32,ort-int8 --out bench.json",
+                 "Time every backend in interleaved rounds (medians with intervals), judge validity as MLPerf "
+                 "LoadGen does, and gate each backend's accuracy against torch fp32. Needs `segvae export` first.")
+    b.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="exported run folders (RUN_DIR/onnx must be current)")
+    b.add_argument("--data-root", help="data for the accuracy pass (default: the data each run recorded)")
+    b.add_argument("--backends", type=csv, help="comma list, e.g. torch-eager,ort-int8 (default: all available "
+                                                "on the device)")
+    b.add_argument("--scenarios", type=csv, help="comma list of single-stream, offline, server "
+                                                 "(default: single-stream,offline)")
+    b.add_argument("--batch-sizes", type=csv_ints, help="offline batch sizes, comma list (default: 1,8)")
+    b.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto: CUDA when present, the local "
+                                    "rank's GPU)")
+    b.add_argument("--threads", type=positive_int, help="threads per backend (default: all cores, divided by "
+                                                        "the process count)")
+    b.add_argument("--rounds", type=positive_int, help="interleaved rounds per measurement (default: 5)")
+    b.add_argument("--min-queries", type=positive_int, help="per round: queries, offline: samples (default: 64)")
+    b.add_argument("--min-duration", type=positive_float, help="seconds per round and measurement (default: 0.5)")
+    b.add_argument("--warmup", type=nonnegative_int, help="untimed queries before each round (default: 3)")
+    b.add_argument("--judges", help="folder of label-swap judges (e.g. runs/judges) to score CVAE swaps "
+                                    "(default: none: CVAEs are gated on output error only)")
+    b.add_argument("--mlperf", action="store_true", default=None,
+                   help="LoadGen's full durations (600 s per round) and minimum counts (default: off)")
+    b.add_argument("--server-qps", type=positive_float,
+                   help="server target rate, the same for every backend (default: 0.5 x torch eager's single-stream)")
+    b.add_argument("--latency-bound-ms", type=positive_float,
+                   help="server p99 bound, the same for every backend (default: 2 x torch eager's single-stream p90)")
+    b.add_argument("--server-search", action="store_true", default=None,
+                   help="also find each backend's highest Poisson rate whose p99 meets the bound (default: off)")
+    b.add_argument("--accuracy-samples", type=positive_int,
+                   help="class-stratified, seeded subset of the test split (default: the whole test split)")
+    b.add_argument("--accuracy-target", type=positive_float,
+                   help="gate: metric >= TARGET x the torch fp32 reference (default: 0.99; 0.999 strict)")
+    b.add_argument("--ort-opt-level", choices=["all", "extended", "basic", "disable"],
+                   help="ONNX Runtime graph optimization level (default: all)")
+    b.add_argument("--out", default="bench.json", help="results file (default: bench.json)")
+    b.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
+                   help="wandb: log the results table, throughput/latency charts and env, linked to the export "
+                        "artifacts (offline unless you ran `wandb login`; default: none)")
+
+
+def _compare(sub) -> None:
+    from harness.compare import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_SLOWDOWN
+
+    c = _command(sub, "compare", "regression gate: compare two bench.json files (exit 1 on a regression)",
+                 "segvae compare main/bench.json pr/bench.json --max-slowdown 5% --out comparison.md",
+                 "Faster / slower / no significant change per (experiment, backend, scenario, batch size), from "
+                 "the intervals bench.json carries, plus accuracy pass/fail; prints a Markdown table. "
+                 "Exit 0: no regression, 1: regression, 2: unreadable input.")
+    c.add_argument("old", metavar="OLD.json", help="the baseline bench.json (e.g. from the main branch)")
+    c.add_argument("new", metavar="NEW.json", help="the bench.json to judge (e.g. from the pull request)")
+    c.add_argument("--max-slowdown", type=share, default=DEFAULT_MAX_SLOWDOWN, metavar="SHARE",
+                   help=f"a row is slower when NEW is worse by more than this and the intervals are disjoint; "
+                        f"5%% or 0.05 (default: {100 * DEFAULT_MAX_SLOWDOWN:g}%%)")
+    c.add_argument("--max-accuracy-drop", type=nonnegative_float, default=DEFAULT_MAX_ACCURACY_DROP, metavar="DROP",
+                   help=f"accuracy fails when it drops by more than this, absolute (default: {DEFAULT_MAX_ACCURACY_DROP})")
+    c.add_argument("--out", metavar="FILE.md", help="also write the Markdown to this file (default: print only)")
+
+
+def _report(sub) -> None:
+    r = _command(sub, "report", "rebuild report.html and report.md from saved results",
+                 "segvae report runs")
+    r.add_argument("runs_dir", metavar="RUNS_DIR", help="a folder of runs, e.g. the --out of `segvae run`")
+    r.add_argument("--out", help="folder for the report (default: RUNS_DIR)")
+
+
+def _run(sub) -> None:
+    from harness.pipeline import PRESETS
+
+    run = _command(sub, "run", "train, judge, export, bench and report in one go",
+                   "segvae run --preset cpu --data-root ../shared/data --out runs-cpu",
+                   "Run every stage of a preset; each stage runs as the `segvae` command recorded in "
+                   "OUT/pipeline.json. Re-running with the same --out reuses finished work.")
+    run.add_argument("--preset", default="quick", choices=list(PRESETS),
+                     help=f"one of {', '.join(PRESETS)}; presets are listed in docs/pipeline.md (default: quick)")
+    run.add_argument("--data-root", help="dataset root (default: the embedded real sample)")
+    run.add_argument("--experiments", type=csv, help=f"comma list (default: all six: {','.join(EXPERIMENTS)})")
+    run.add_argument("--seeds", type=csv_seeds, help="comma list, e.g. 0,1,2, for UNets and CVAEs (default: the preset's)")
+    run.add_argument("--out", default="runs", help="output folder (default: runs)")
+    run.add_argument("--log-with", choices=LOG_WITH, default="none",
+                     help="tracker for the training runs (default: none)")
+    run.add_argument("--retrain", action="store_true",
+                     help="train every run and judge again (default: reuse finished runs and judges in --out whose "
+                          "settings are unchanged, resume interrupted runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segvae", formatter_class=FMT,
+                                description="Train UNets and conditional VAEs, ship them as ONNX, and prove with "
+                                            "numbers that the shipped model is as accurate and faster.",
+                                epilog="example:\n  segvae run            # the quick preset on the embedded sample")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors (default: one line)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_train, _judge, _export, _predict, _bench, _compare, _report, _run):
+        add(sub)
+    return p
