@@ -139,7 +139,7 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
     inputs = accuracy.prepare_inputs(exp_cfg, data_root, ctx.cfg.accuracy_samples, ctx.cfg.seed, folder)
     module = graph_specs(exp_cfg, model, fold_batchnorm=True)[0].module
     from harness.bench.backends_ort import INPUT_NAMES
-    arrays = {k: np.load(folder / f"{k}.npy") for k in INPUT_NAMES[exp_cfg.task]}
+    arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in INPUT_NAMES[exp_cfg.task]}
     return {"run": run_dir.name, "run_dir": str(run_dir), "experiment": exp_cfg.name, "task": exp_cfg.task,
             "dataset": exp_cfg.dataset, "dir": str(folder), **inputs,
             "flops_per_sample": trackers.flops_per_sample(module, exp_cfg.task, arrays),
