@@ -357,6 +357,9 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         (out_dir / "_best").exists() and shutil.rmtree(out_dir / "_best", ignore_errors=True)
         print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "count"))
         print(f"outputs in {out_dir.resolve()}")
+        if cfg.task == "cvae":  # the last line says whether the label swap follows its source (#16)
+            from harness.collapse import collapse_line
+            print(collapse_line(cfg.name, metrics.get("collapse")))
     return metrics
 
 
