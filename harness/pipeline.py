@@ -260,35 +260,25 @@ def _train_judges(experiments, root: Path, out: Path, p: Preset, commands: list[
 
 
 def _judge_run(run: Path, judges: dict, root: Path):
-    """Judge a CVAE run in PyTorch: TRUE-label reconstructions, the 25 label-swapped grid images and
-    every test image swapped to a random wrong label."""
-    import torch
-
+    """Judge a CVAE run in PyTorch (harness.labelswap.judge_swaps) and record, beside the scores, the
+    judge's fitness and the run's collapse metrics (measured here if training did not), so a swap
+    score is never read without them."""
     from harness.checkpoint import METRICS_FILE, load_run
+    from harness.collapse import collapse_metrics
     from harness.data import build_splits
     from harness.io import read_json
-    from harness.labelswap import swap_inputs
+    from harness.labelswap import judge_swaps
 
     cfg, model = load_run(run)
     if cfg.task != "cvae" or cfg.dataset not in judges:
         return
     judge = judges[cfg.dataset]
     test = build_splits(cfg, root)["test"]
-    with torch.no_grad():
-        x = torch.stack([test[i][0] for i in range(len(test))])
-        y = torch.tensor([int(test[i][1]) for i in range(len(test))])
-        recon = torch.cat([model.decode(model.encode(xb, yb)[0], yb)
-                           for xb, yb in zip(x.split(256), y.split(256))])
-        grid = swap_inputs(test, 25, cfg.num_classes, cfg.model.get("latent_dim", 16), seed=0)
-        swapped = model.swap(grid["image"], grid["label"], grid["new_label"], grid["eps"])
-        # every test image once, each with a random wrong label: the headline label-swap figure
-        every = swap_inputs(test, len(test), cfg.num_classes, cfg.model.get("latent_dim", 16), seed=0, spread=False)
-        swapped_all = torch.cat([model.swap(*(every[k][i:i + 256] for k in ("image", "label", "new_label", "eps")))
-                                 for i in range(0, len(test), 256)])
+    scores = judge_swaps(model, test, judge, cfg.num_classes, cfg.model.get("latent_dim", 16))
     metrics = read_json(run / METRICS_FILE, "metrics")
-    metrics.setdefault("recon", {})["judge_acc_true_label"] = judge.score(recon.numpy(), y.numpy())
-    metrics["judge"] = {"test_acc_real": judge.meta.get("test_acc"),
-                        "grid_swap_acc": judge.score(swapped.numpy(), grid["new_label"].numpy()),
-                        "test_swap_acc": judge.score(swapped_all.numpy(), every["new_label"].numpy()),
-                        "test_swap_count": len(test)}
+    if not isinstance(metrics.get("collapse"), dict):
+        metrics["collapse"] = collapse_metrics(model, test, cfg.num_classes)
+    metrics.setdefault("recon", {})["judge_acc_true_label"] = scores.pop("judge_acc_true_label")
+    metrics["judge"] = {"test_acc_real": judge.meta.get("test_acc"), "judge_fit": judge.meta.get("fit"),
+                        "judge_fit_reasons": judge.meta.get("fit_reasons"), **scores}
     atomic_write_json(run / METRICS_FILE, metrics)
