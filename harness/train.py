@@ -93,7 +93,7 @@ def train_loss(cfg: ExperimentConfig, model, batch, progress: float = 1e9) -> to
     x = dequantize(x, noise=True)
     out = model(x, y)
     warm = min(1.0, progress / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs > 0 else 1.0
-    return elbo_terms(x, out, _unwrap(model).log_scale, cfg.kl_weight * warm)["loss"]
+    return elbo_terms(x, out, _unwrap(model).log_scale, cfg.kl_weight * warm, getattr(cfg, "free_bits", 0.0))["loss"]
 
 
 def _unwrap(model):
