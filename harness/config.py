@@ -44,6 +44,7 @@ class ExperimentConfig:
     augment: bool = True
     kl_weight: float = 1.0         # CVAE: 1.0 is the plain ELBO objective
     kl_warmup_epochs: float = 0.0  # CVAE: ramp the KL weight linearly from 0 over these epochs
+    free_bits: float = 0.0         # CVAE: nats per latent dim below which the KL is not penalised
     log_scale_lr_mult: float = 1.0 # CVAE: the likelihood's log-scale learns this much faster (Adam
                                    # moves it ~lr per step, too slowly to follow the reconstructions)
     max_train_samples: int | None = None
