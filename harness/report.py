@@ -342,7 +342,7 @@ def cvae_table(grouped: dict[str, list[dict]]) -> Table:
                              "seeds. Active units: latent dimensions whose posterior mean varies across the test "
                              "set (Cov > 0.01); retention: how much swapped outputs of different sources differ "
                              "relative to real images of the new class (about 0: the output ignores its source; "
-                             "collapsed when 0 units are active or retention < 0.1, see harness/collapse.py)")
+                             "collapsed when 0 units are active or retention < 0.2, see harness/collapse.py)")
 
 
 def judge_table(res: Results) -> Table:
@@ -412,7 +412,7 @@ def swap_table(res: Results, cvae_groups: dict[str, list[dict]]) -> Table:
                              _swap_cell(fmt_stat([100 * x for x in vals], 1) + "%", j), *beside[name]])
     return Table(cols, rows, "success = share of label-swapped outputs the judge classifies as the new label "
                              "(chance 10%); a collapsed model draws class templates and scores high while "
-                             "ignoring its source, so read success only where retention ≥ 0.1")
+                             "ignoring its source, so read success only where retention ≥ 0.2")
 
 
 def swap_labels_table(labels, classes: tuple[str, ...] | None) -> Table | None:
