@@ -332,7 +332,8 @@ def cvae_table(grouped: dict[str, list[dict]]) -> Table:
             fmt_stat([_get(m, "test", "bpd") for m in ms], 3),
             fmt_stat([_get(m, "recon", "mae") for m in ms], 4),
             fmt_stat([_get(m, "recon", "judge_acc_true_label") for m in ms], 3),
-            fmt_stat([_get(m, "collapse", "active_units") for m in ms], 1) + (f" / {latent}" if latent else ""),
+            fmt_stat([_get(m, "collapse", "active_units") for m in ms], 1 if len(ms) > 1 else 0)
+            + (f" / {latent}" if latent else ""),
             fmt_stat([_get(m, "collapse", "retention") for m in ms], 3),
             _collapse_cell(ms),
             fmt_stat([m.get("train_seconds") for m in ms], 1),
