@@ -69,3 +69,18 @@ def test_report_shows_fitness_and_retention_beside_swap_scores(judged_run):
     cvae = next(t for t in tables if "active units" in t.columns)
     verdict = cvae.rows[0][cvae.columns.index("collapsed")]
     assert verdict == ("collapsed: output ignores the source image" if before["collapse"]["collapsed"] else "no")
+
+
+def test_a_run_trained_before_collapse_metrics_gets_them_when_judged(judged_run, data_root):
+    """Runs reused from before #16 have no `collapse` in metrics.json: judging measures it, the same way."""
+    from harness.pipeline import _judge_run
+
+    _, run, judge, before, _ = judged_run
+    m = json.loads((run / "metrics.json").read_text())
+    del m["collapse"]
+    (run / "metrics.json").write_text(json.dumps(m))
+    _judge_run(run, {"mnist": judge}, data_root)
+    again = json.loads((run / "metrics.json").read_text())["collapse"]
+    assert again["active_units"] == before["collapse"]["active_units"]
+    assert again["retention"] == pytest.approx(before["collapse"]["retention"], rel=1e-5)
+    assert again["kl_nats"] == pytest.approx(before["collapse"]["kl_nats"], rel=1e-5, abs=1e-6)
