@@ -33,7 +33,7 @@ class LabelShift(nn.Module):
 class CVAE(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  latent_dim: int = 16, hidden_channels: int = 32, embed_dim: int = 32,
-                 log_scale_init: float = 0.0, logvar_init: float | None = None):
+                 log_scale_init: float = 0.0):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {image_size}")
@@ -48,12 +48,6 @@ class CVAE(nn.Module):
             nn.Flatten(),
         )
         self.to_stats = nn.Linear(2 * h * s * s + embed_dim, 2 * latent_dim)
-        if logvar_init is not None:
-            # A narrow posterior at the start (e.g. -4: sigma 0.14) lets z carry its mean to the decoder
-            # with little noise, so the decoder learns to use z before it settles on class templates
-            # (the plateau that ends in posterior collapse on small data, #16).
-            with torch.no_grad():
-                self.to_stats.bias[latent_dim:].fill_(float(logvar_init))
         self.from_latent = nn.Linear(latent_dim + embed_dim, 2 * h * s * s)
         self.dec_shape = (2 * h, s, s)
         self.dec_blocks = nn.ModuleList([

@@ -33,17 +33,3 @@ def test_analytic_kl_per_dim_hand_value():
     kl = analytic_kl_per_dim(torch.tensor([[1.0]]), torch.tensor([[math.log(4.0)]]))
     assert float(kl) == pytest.approx(0.5 * (1 + 4 - math.log(4) - 1))
 
-
-def test_logvar_init_narrows_the_initial_posterior_and_defaults_to_the_old_init():
-    from models.cvae import CVAE
-
-    torch.manual_seed(0)
-    narrow = CVAE(latent_dim=8, hidden_channels=8, logvar_init=-4.0)
-    assert torch.all(narrow.to_stats.bias[8:] == -4.0)
-    _, logvar = narrow.encode(torch.rand(5, 1, 28, 28), torch.arange(5))
-    assert float(logvar.detach().mean()) < -3.0  # sigma about 0.14 at the start
-    torch.manual_seed(0)
-    old = CVAE(latent_dim=8, hidden_channels=8).state_dict()
-    torch.manual_seed(0)
-    same = CVAE(latent_dim=8, hidden_channels=8, logvar_init=None).state_dict()
-    assert all(torch.equal(old[k], same[k]) for k in old)
