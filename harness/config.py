@@ -81,6 +81,7 @@ class CVAEModel(_ModelSettings):
     latent_dim: int = 16
     hidden_channels: int = 64
     embed_dim: int = 32
+    log_scale_init: float = 0.0    # the likelihood's learned log-scale starts here
 
 
 MODEL_SETTINGS = {"segmentation": UNetModel, "cvae": CVAEModel}
@@ -108,6 +109,7 @@ class ExperimentConfig:
     augment: bool = True
     kl_weight: float = 1.0         # CVAE: 1.0 is the plain ELBO objective
     kl_warmup_epochs: float = 0.0  # CVAE: ramp the KL weight linearly from 0 over these epochs
+    free_bits: float = 0.0         # CVAE: nats per latent dim below which the KL is not penalised
     log_scale_lr_mult: float = 1.0 # CVAE: the likelihood's log-scale learns this much faster (Adam
                                    # moves it ~lr per step, too slowly to follow the reconstructions)
     max_train_samples: int | None = None
@@ -145,6 +147,8 @@ class ExperimentConfig:
             bad("val_fraction", "expected a number between 0 and 1")
         if self.kl_weight < 0:
             bad("kl_weight", "expected a non-negative number")
+        if self.free_bits < 0:
+            bad("free_bits", "expected a non-negative number (nats per latent dimension)")
         if self.task == "segmentation":
             step = 2 ** int(self.model.depth)
             if not isinstance(self.image_size, int) or self.image_size < step or self.image_size % step:

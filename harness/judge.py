@@ -1,11 +1,16 @@
 """Judge CNNs: one small classifier per CVAE dataset, used to score label-swapped generations.
 
 A judge is trained by the harness on the dataset's real training split (the validation split
-picks the best epoch), and its accuracy on the real test split is recorded beside it, so a
-label-swap success rate can be read against what the judge manages on real images.
+picks the best epoch). Generated images are blurred and low in contrast, and a judge trained on
+sharp digits misreads them (issue #16: 95% on real digits, 4% on plainly correct swaps), so the
+training images are degraded the way a generator degrades them (Gaussian blur of random width,
+halved-or-lower contrast, pixel noise; `RECIPES[..]["degrade"]`). Before any swap score is shown
+the judge is measured on the real test split as is and degraded, and on each class's mean
+training image (what a collapsed CVAE draws), and declared fit or not (`FIT_THRESHOLDS`).
 
-Files (out_dir): `judge.safetensors` (weights, never pickled) and `judge.json`
-(dataset, arch kwargs, val_acc, test_acc, epochs, seconds, ...).
+Files (out_dir): `judge.safetensors` (weights, never pickled) and `judge.json` (its settings,
+precision included, `accuracy` {real, blur1, blur2, low_contrast, class_means, counts}, `fit`,
+`fit_reasons`, val_acc, test_acc (= accuracy.real), seconds, ...).
 
 Inputs are images in [0, 1], [N, C, H, W]; the per-channel normalisation lives inside the
 network (buffers), so callers never normalise.
@@ -34,16 +39,28 @@ RECIPES = {
     "mnist": {
         "arch": {"in_channels": 1, "num_classes": 10, "widths": [32, 64, 128], "blocks": 1,
                  "mean": [0.1307], "std": [0.3081], "stem": False},
-        "epochs": 6, "batch_size": 128, "lr": 4e-3, "weight_decay": 5e-4, "pad": 2, "flip": False,
+        "epochs": 6, "batch_size": 64, "lr": 4e-3, "weight_decay": 5e-4, "pad": 2, "flip": False,
         "label_smoothing": 0.0,
+        "degrade": {"p_blur": 0.5, "blur_max": 2.5, "p_contrast": 0.4, "contrast_min": 0.3,
+                    "p_noise": 0.3, "noise_max": 0.15},
     },
     "cifar10": {
         "arch": {"in_channels": 3, "num_classes": 10, "widths": [48, 96, 192], "blocks": 1,
                  "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616], "stem": False},
         "epochs": 20, "batch_size": 128, "lr": 4e-3, "weight_decay": 5e-4, "pad": 4, "flip": True,
         "label_smoothing": 0.1,
+        "degrade": {"p_blur": 0.5, "blur_max": 2.0, "p_contrast": 0.3, "contrast_min": 0.4,
+                    "p_noise": 0.3, "noise_max": 0.08},
     },
 }
+
+# A judge is fit to score generated images when it reads real test images, blurred ones (sigma 1 px)
+# and, for MNIST, every class-mean image (a blurry prototype a person reads at once).
+FIT_THRESHOLDS = {
+    "mnist": {"real": 0.95, "blur1": 0.90, "class_means": 1.0},
+    "cifar10": {"real": 0.70, "blur1": 0.50},
+}
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # ----------------------------------------------------------------------------- network
@@ -121,11 +138,6 @@ class Judge:
         return self.score(x, y)
 
 
-def judge_label_swap(judge: Judge, generated, new_labels) -> float:
-    """Share of label-swapped generations that the judge reads as the NEW label."""
-    return judge.score(generated, new_labels)
-
-
 def load_judge(out_dir: str | os.PathLike) -> Judge:
     """Rebuild a judge from out_dir/judge.json + judge.safetensors (never unpickles)."""
     from harness.run_folder import load_weights_into
@@ -144,15 +156,28 @@ def load_judge(out_dir: str | os.PathLike) -> Judge:
 
 
 # ----------------------------------------------------------------------------- training
+def resolve_judge_precision(precision: str = "auto") -> str:
+    """'auto' -> 'bf16' where the CPU computes bf16 natively (it is slower elsewhere), else 'fp32'."""
+    if precision not in PRECISIONS:
+        raise UserError(f"invalid judge precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    from harness.train import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def judge_settings(dataset: str, data_root=None, epochs: int | None = None, seed: int = 0,
-                   max_train_samples: int | None = None) -> dict:
+                   max_train_samples: int | None = None, precision: str = "auto") -> dict:
     """What determines a trained judge (recorded in judge.json): `segvae run` reuses a judge whose
-    judge.json matches, instead of spending minutes retraining it."""
+    judge.json matches, instead of spending minutes retraining it. The precision is resolved here,
+    so a judge trained in bf16 is not reused on a machine that would train it in fp32."""
     recipe = RECIPES[dataset]
     return {"dataset": dataset, "arch": recipe["arch"], "epochs": epochs or recipe["epochs"], "seed": seed,
             "recipe": {k: v for k, v in recipe.items() if k != "arch"},
             "data_root": str(data_root) if data_root is not None else None,
-            "max_train_samples": max_train_samples}
+            "max_train_samples": max_train_samples, "precision": resolve_judge_precision(precision),
+            "fit_thresholds": FIT_THRESHOLDS[dataset]}
 
 
 def judge_is_current(out_dir: str | os.PathLike, settings: dict) -> bool:
@@ -172,12 +197,13 @@ def judge_is_current(out_dir: str | os.PathLike, settings: dict) -> bool:
 
 
 def train_judge(dataset: str, data_root=None, out_dir=None, epochs: int | None = None, seed: int = 0,
-                threads: int | None = None, max_train_samples: int | None = None, log=print) -> dict:
-    """Train the judge for `dataset` (mnist | cifar10) on its real training split.
+                threads: int | None = None, max_train_samples: int | None = None, precision: str = "auto",
+                log=print) -> dict:
+    """Train the judge for `dataset` (mnist | cifar10) on its real training split, degraded.
 
-    The best epoch by validation accuracy is kept; test accuracy is measured on the real test
-    split. Writes out_dir/judge.safetensors and out_dir/judge.json (default out_dir:
-    runs/judges/<dataset>) and returns the judge.json dict.
+    The best epoch by validation accuracy (real and blurred images) is kept; then its fitness is
+    measured on the real test split (judge_fitness). Writes out_dir/judge.safetensors and
+    out_dir/judge.json (default out_dir: runs/judges/<dataset>) and returns the judge.json dict.
     """
     from harness.config import get_experiment
     from harness.data import build_splits
@@ -188,47 +214,71 @@ def train_judge(dataset: str, data_root=None, out_dir=None, epochs: int | None =
         raise UserError(f"invalid setting epochs={epochs!r}: expected a positive integer")
     recipe = RECIPES[dataset]
     epochs = epochs or recipe["epochs"]
+    settings = judge_settings(dataset, data_root, epochs, seed, max_train_samples, precision)
     out_dir = Path(out_dir) if out_dir is not None else Path("runs") / "judges" / dataset
 
     with _threads(threads):
         t0 = time.perf_counter()
-        cfg = get_experiment(f"cvae-{dataset}")
-        splits = build_splits(cfg, data_root=data_root)
+        splits = build_splits(get_experiment(f"cvae-{dataset}"), data_root=data_root)
         data = {k: _tensors_of(splits[k]) for k in ("train", "val", "test")}
         if max_train_samples:
             data["train"] = tuple(t[:max_train_samples] for t in data["train"])
-        load_s = time.perf_counter() - t0
         log(f"judge {dataset}: {len(data['train'][1])} train / {len(data['val'][1])} val / "
-            f"{len(data['test'][1])} test images (loaded in {load_s:.1f}s)")
+            f"{len(data['test'][1])} test images (loaded in {time.perf_counter() - t0:.1f}s), "
+            f"precision {settings['precision']}")
 
         torch.manual_seed(seed)
         model = JudgeNet(**recipe["arch"])
-        fit = _fit(model, data["train"], data["val"], recipe, epochs, seed, log=lambda s: log(f"judge {dataset}: {s}"))
+        fit = _fit(model, data["train"], data["val"], recipe, epochs, seed, settings["precision"] == "bf16",
+                   log=lambda s: log(f"judge {dataset}: {s}"))
         judge = Judge(model, {"dataset": dataset, "arch": recipe["arch"]})
-        test_acc = judge.score(*data["test"])
+        fitness = judge_fitness(judge, dataset, data["test"], data["train"])
         seconds = time.perf_counter() - t0
 
     meta = {
-        **judge_settings(dataset, data_root, epochs, seed, max_train_samples),
+        **settings, **fitness,
         "val_acc": fit["best_val_acc"],
-        "test_acc": test_acc,
+        "test_acc": fitness["accuracy"]["real"],
         "best_epoch": fit["best_epoch"],
         "seconds": seconds,
         "train_seconds": fit["seconds"],
         "threads": torch.get_num_threads() if threads is None else threads,
         "counts": {k: int(len(v[1])) for k, v in data.items()},
-        "autocast": fit["autocast"],
         "history": fit["history"],
         "weights": WEIGHTS_FILE,
     }
     _save(out_dir, model, meta)
-    log(f"judge {dataset}: test accuracy {test_acc:.4f} (val {fit['best_val_acc']:.4f}, best epoch "
-        f"{fit['best_epoch']}/{epochs}) in {seconds:.1f}s -> {out_dir}")
+    acc = fitness["accuracy"]
+    log(f"judge {dataset}: test accuracy real {acc['real']:.4f}, blur1 {acc['blur1']:.4f}, blur2 "
+        f"{acc['blur2']:.4f}, low contrast {acc['low_contrast']:.4f}, class means {acc['class_means']:.2f} "
+        f"-> {'fit' if fitness['fit'] else 'UNFIT: ' + '; '.join(fitness['fit_reasons'])} "
+        f"(best epoch {fit['best_epoch']}/{epochs}, {seconds:.1f}s) -> {out_dir}")
     return meta
 
 
-def _fit(model: JudgeNet, train, val, recipe: dict, epochs: int, seed: int, log=print) -> dict:
-    """AdamW + OneCycle, label smoothing, crop/flip augmentation on tensors; keeps the best epoch by val accuracy."""
+def judge_fitness(judge: "Judge", dataset: str, test, train) -> dict:
+    """{"accuracy": {real, blur1, blur2, low_contrast, class_means, counts}, "fit", "fit_reasons"}:
+    the judge on the real test split as is, blurred (Gaussian sigma 1 and 2 px), with contrast
+    halved around each image's mean, and on each class's mean TRAINING image; fit per FIT_THRESHOLDS."""
+    from harness.degrade import class_means, gaussian_blur, low_contrast
+
+    x, y = test
+    x = x.float()
+    means, mean_labels = class_means(train[0].float(), train[1], judge.model.head.out_features)
+    acc = {"real": judge.score(x, y), "blur1": judge.score(gaussian_blur(x, 1.0), y),
+           "blur2": judge.score(gaussian_blur(x, 2.0), y), "low_contrast": judge.score(low_contrast(x, 0.5), y),
+           "class_means": judge.score(means, mean_labels),
+           "counts": {"test": int(len(y)), "class_means": int(len(mean_labels))}}
+    reasons = [f"{k} {acc[k]:.3f} < {v:g}" for k, v in FIT_THRESHOLDS.get(dataset, {}).items()
+               if not acc[k] >= v]  # NaN (no images) is unfit too
+    return {"accuracy": acc, "fit": not reasons, "fit_reasons": reasons}
+
+
+def _fit(model: JudgeNet, train, val, recipe: dict, epochs: int, seed: int, use_bf16: bool, log=print) -> dict:
+    """AdamW + OneCycle, label smoothing, crop/flip + degradation augmentation on tensors; keeps the
+    best epoch by validation accuracy averaged over real and blurred (sigma 1 px) images."""
+    from harness.degrade import gaussian_blur, random_degrade
+
     x_tr, y_tr = train
     if len(y_tr) == 0:
         raise UserError("the judge's training split is empty")
@@ -237,7 +287,7 @@ def _fit(model: JudgeNet, train, val, recipe: dict, epochs: int, seed: int, log=
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.25)
     g = torch.Generator().manual_seed(seed)
-    use_bf16 = _bf16_ok()
+    val_blur = (gaussian_blur(val[0].float(), 1.0), val[1])
     model = model.to(memory_format=torch.channels_last)
     best = {"acc": -1.0, "epoch": 0, "state": None}
     history = []
@@ -251,7 +301,8 @@ def _fit(model: JudgeNet, train, val, recipe: dict, epochs: int, seed: int, log=
             idx = perm[i:i + bs]
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
-            xb = _augment(x_tr[idx], recipe["pad"], recipe["flip"], g).contiguous(memory_format=torch.channels_last)
+            xb = random_degrade(_augment(x_tr[idx], recipe["pad"], recipe["flip"], g), recipe.get("degrade"), g)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16) if use_bf16 else nullcontext():
                 loss = F.cross_entropy(model(xb).float(), y_tr[idx], label_smoothing=recipe["label_smoothing"])
             opt.zero_grad(set_to_none=True)
@@ -260,7 +311,7 @@ def _fit(model: JudgeNet, train, val, recipe: dict, epochs: int, seed: int, log=
             sched.step()
             total += float(loss.detach()) * len(idx)
             n += len(idx)
-        val_acc = Judge(model, {}).score(*val) if len(val[1]) else float("nan")
+        val_acc = (Judge(model, {}).score(*val) + Judge(model, {}).score(*val_blur)) / 2 if len(val[1]) else float("nan")
         row = {"epoch": epoch, "train_loss": total / max(n, 1), "val_acc": val_acc,
                "seconds": time.perf_counter() - te}
         history.append(row)
@@ -271,7 +322,7 @@ def _fit(model: JudgeNet, train, val, recipe: dict, epochs: int, seed: int, log=
     model.load_state_dict(best["state"])
     model.eval()
     return {"best_val_acc": best["acc"], "best_epoch": best["epoch"], "history": history,
-            "seconds": time.perf_counter() - t0, "autocast": "bf16" if use_bf16 else "no"}
+            "seconds": time.perf_counter() - t0}
 
 
 def _augment(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
@@ -289,13 +340,6 @@ def _augment(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch
         mask = torch.rand(n, generator=g) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
-
-
-def _bf16_ok() -> bool:
-    """bf16 autocast on the CPU only where the CPU has native bf16 (it is slower elsewhere)."""
-    from harness.train import cpu_has_native_bf16
-
-    return os.environ.get("SEGVAE_JUDGE_BF16", "auto") not in ("0", "no", "false") and cpu_has_native_bf16()
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -42,3 +42,24 @@ def _labels_of(dataset) -> torch.Tensor:
     if hasattr(dataset, "labels"):
         return torch.as_tensor(dataset.labels).long()
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+@torch.no_grad()
+def judge_swaps(model, test, judge, num_classes: int = 10, latent_dim: int = 16, batch_size: int = 256) -> dict:
+    """The judge on a CVAE's test split: TRUE-label reconstructions (z = posterior mean), the 25
+    grid swaps, and every test image swapped once to a random wrong label (the headline figure).
+    Returns {"judge_acc_true_label", "grid_swap_acc", "test_swap_acc", "test_swap_count"}."""
+    model.eval()
+    n = len(test)
+    x = torch.stack([test[i][0] for i in range(n)])
+    y = _labels_of(test)
+    recon = torch.cat([model.decode(model.encode(xb, yb)[0], yb) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
+    grid = swap_inputs(test, 25, num_classes, latent_dim, seed=0)
+    swapped = model.swap(grid["image"], grid["label"], grid["new_label"], grid["eps"])
+    every = swap_inputs(test, n, num_classes, latent_dim, seed=0, spread=False)
+    keys = ("image", "label", "new_label", "eps")
+    swapped_all = torch.cat([model.swap(*(every[k][i:i + batch_size] for k in keys)) for i in range(0, n, batch_size)])
+    return {"judge_acc_true_label": judge.score(recon, y),
+            "grid_swap_acc": judge.score(swapped, grid["new_label"]),
+            "test_swap_acc": judge.score(swapped_all, every["new_label"]),
+            "test_swap_count": n}

@@ -130,6 +130,7 @@ def collect(runs_dir: str | os.PathLike) -> Results:
         if not isinstance(cfg, dict) or not isinstance(metrics, dict):
             res.warnings.append(f"skipped run {d.name}: config.json/metrics.json are not JSON objects")
             continue
+        _merge_labelswap(d, metrics, res.warnings)
         res.runs.append({"dir": d, "name": str(cfg.get("name") or d.name), "config": cfg, "metrics": metrics})
     jroot = runs_dir / "judges"
     if jroot.is_dir():
@@ -154,6 +155,23 @@ def collect(runs_dir: str | os.PathLike) -> Results:
         raise UserError(f"no results in {runs_dir}: expected run folders (each with config.json + metrics.json, "
                         f"written by `segvae train`), judges/ or bench.json{hint}")
     return res
+
+
+def _merge_labelswap(run: Path, metrics: dict, warnings: list[str]) -> None:
+    """The judge stage's RUN/labelswap.json read beside training's metrics.json (in memory only)."""
+    path = run / "labelswap.json"
+    if not path.is_file():
+        return
+    try:
+        doc = read_json(path, "label-swap scores")
+    except UserError as e:
+        warnings.append(str(e))
+        return
+    for key, value in (doc.items() if isinstance(doc, dict) else ()):
+        if isinstance(value, dict) and isinstance(metrics.get(key), dict):
+            metrics[key] = {**metrics[key], **value}
+        else:
+            metrics[key] = value
 
 
 def groups(res: Results, task: str) -> dict[str, list[dict]]:
@@ -312,12 +330,27 @@ def unet_table(grouped: dict[str, list[dict]]) -> Table:
     return Table(cols, rows, "test split; mean ± sample std over seeds where n > 1")
 
 
+def _collapse_cell(ms: list[dict]) -> str:
+    """The collapse verdict over seeds: the issue's words where any seed collapsed."""
+    flags = [_get(m, "collapse", "collapsed") for m in ms]
+    if not any(isinstance(f, bool) for f in flags):
+        return "not measured"
+    from harness.collapse import COLLAPSED_TEXT
+
+    bad = sum(1 for f in flags if f is True)
+    if not bad:
+        return "no"
+    return COLLAPSED_TEXT + ("" if bad == len(flags) else f" ({bad} of {len(flags)} seeds)")
+
+
 def cvae_table(grouped: dict[str, list[dict]]) -> Table:
     cols = ["experiment", "dataset", "seeds (n)", "test ELBO (nats)", "test NLL", "test KL", "bits/dim",
-            "recon MAE", "judge acc, true-label recon", "train time (s)", "epochs run"]
+            "recon MAE", "judge acc, true-label recon", "active units", "retention", "collapsed",
+            "train time (s)", "epochs run"]
     rows = []
     for name, runs in grouped.items():
         cfg, ms = runs[0]["config"], [r["metrics"] for r in runs]
+        latent = _get(ms[0], "collapse", "latent_dim") or _get(cfg, "model", "latent_dim")
         rows.append([
             name, _text(cfg.get("dataset")),
             f"{', '.join(str(r['config'].get('seed', '?')) for r in runs)} ({len(runs)})",
@@ -327,24 +360,62 @@ def cvae_table(grouped: dict[str, list[dict]]) -> Table:
             fmt_stat([_get(m, "test", "bpd") for m in ms], 3),
             fmt_stat([_get(m, "recon", "mae") for m in ms], 4),
             fmt_stat([_get(m, "recon", "judge_acc_true_label") for m in ms], 3),
+            fmt_stat([_get(m, "collapse", "active_units") for m in ms], 1 if len(ms) > 1 else 0)
+            + (f" / {latent}" if latent else ""),
+            fmt_stat([_get(m, "collapse", "retention") for m in ms], 3),
+            _collapse_cell(ms),
             fmt_stat([m.get("train_seconds") for m in ms], 1),
             fmt_stat([m.get("epochs_run") for m in ms], 1),
         ])
-    return Table(cols, rows, "test split; ELBO is per image in nats (higher is better); mean ± sample std over seeds")
+    return Table(cols, rows, "test split; ELBO is per image in nats (higher is better); mean ± sample std over "
+                             "seeds. Active units: latent dimensions whose posterior mean varies across the test "
+                             "set (Cov > 0.01); retention: how much swapped outputs of different sources differ "
+                             "relative to real images of the new class (about 0: the output ignores its source; "
+                             "collapsed when 0 units are active or retention < 0.2, see harness/collapse.py)")
 
 
 def judge_table(res: Results) -> Table:
-    cols = ["dataset", "judge test acc (real images)", "judge val acc", "epochs", "train time (s)"]
-    rows = [[ds, fmt_pct(j.get("test_acc")), fmt_pct(j.get("val_acc")), _text(j.get("epochs")),
-             fmt(j.get("seconds"), 1)] for ds, j in sorted(res.judges.items())]
-    return Table(cols, rows)
+    """The judges' fitness: accuracy on the real test split as is and degraded, and on class means."""
+    cols = ["dataset", "judge test acc (real images)", "blur σ 1 px", "blur σ 2 px", "contrast halved", "class-mean images",
+            "test images", "precision", "epochs", "train time (s)", "fit"]
+    rows = []
+    for ds, j in sorted(res.judges.items()):
+        acc = j.get("accuracy") if isinstance(j.get("accuracy"), dict) else {}
+        n_means = _get(acc, "counts", "class_means")
+        means = acc.get("class_means")
+        means_cell = (f"{round(means * n_means)}/{n_means}" if _num(means) is not None and _num(n_means)
+                      else fmt_pct(means))
+        rows.append([ds, fmt_pct(acc.get("real", j.get("test_acc"))), fmt_pct(acc.get("blur1")),
+                     fmt_pct(acc.get("blur2")), fmt_pct(acc.get("low_contrast")), means_cell,
+                     _text(_get(acc, "counts", "test")), _text(j.get("precision")), _text(j.get("epochs")),
+                     fmt(j.get("seconds"), 1), _fit_cell(j)])
+    return Table(cols, rows, "fit: MNIST real ≥ 95%, blur σ 1 ≥ 90%, every class mean recognised; CIFAR-10 "
+                             "real ≥ 70%, blur σ 1 ≥ 50%. Swap scores from an unfit judge are marked.")
+
+
+def _fit_cell(j: dict | None) -> str:
+    if not isinstance(j, dict) or not isinstance(j.get("fit"), bool):
+        return "not measured"
+    return "yes" if j["fit"] else "NO: " + "; ".join(map(str, j.get("fit_reasons") or []))
+
+
+def _swap_cell(value: str, judge: dict | None) -> str:
+    """A swap score, marked when its judge was measured unfit (the judge table says when a judge's
+    fitness was never measured: judges trained before #16)."""
+    if value == DASH or not isinstance(judge, dict) or judge.get("fit") is not False:
+        return value
+    return f"{value} (UNFIT judge)"
 
 
 def swap_table(res: Results, cvae_groups: dict[str, list[dict]]) -> Table:
-    """Label-swap success (share of swapped images the judge reads as the NEW label) per backend."""
-    cols = ["experiment", "dataset", "judge acc on real test images", "backend", "precision", "label-swap success"]
+    """Label-swap success (share of swapped images the judge reads as the NEW label) per backend, each
+    with the run's retention and collapse verdict beside it."""
+    cols = ["experiment", "dataset", "judge acc on real test images", "backend", "precision", "label-swap success",
+            "retention", "collapsed"]
     rows = []
     datasets = {name: runs[0]["config"].get("dataset") for name, runs in cvae_groups.items()}
+    beside = {name: [fmt_stat([_get(r["metrics"], "collapse", "retention") for r in runs], 3),
+                     _collapse_cell([r["metrics"] for r in runs])] for name, runs in cvae_groups.items()}
     seen = set()
     for r in _records(res):
         if r.get("task") != "cvae" or r.get("judge_acc") is None:
@@ -354,19 +425,23 @@ def swap_table(res: Results, cvae_groups: dict[str, list[dict]]) -> Table:
             continue
         seen.add(key)
         ds = datasets.get(r.get("experiment"))
-        rows.append([_text(r.get("experiment")), _text(ds), fmt_pct(_get(res.judges, ds, "test_acc")),
-                     _text(r.get("backend")), _text(r.get("precision")), fmt_pct(r.get("judge_acc"))])
+        j = res.judges.get(ds)
+        rows.append([_text(r.get("experiment")), _text(ds), fmt_pct(_get(j, "test_acc")),
+                     _text(r.get("backend")), _text(r.get("precision")), _swap_cell(fmt_pct(r.get("judge_acc")), j),
+                     *beside.get(r.get("experiment"), [DASH, "not measured"])])
     for name, runs in cvae_groups.items():  # PyTorch figures: every test image, and the 25 grid images
         ms = [r["metrics"] for r in runs]
         ds = datasets.get(name)
+        j = res.judges.get(ds)
         for key, what in (("test_swap_acc", "test split ({n} images, PyTorch)"), ("grid_swap_acc", "grid (25 images, PyTorch)")):
             vals = [x for x in (_num(_get(m, "judge", key)) for m in ms) if x is not None]
             if vals:
                 n = _get(ms[0], "judge", "test_swap_count") or "all"
-                rows.append([name, _text(ds), fmt_pct(_get(res.judges, ds, "test_acc")), what.format(n=n),
-                             "fp32", fmt_stat([100 * x for x in vals], 1) + "%"])
+                rows.append([name, _text(ds), fmt_pct(_get(j, "test_acc")), what.format(n=n), "fp32",
+                             _swap_cell(fmt_stat([100 * x for x in vals], 1) + "%", j), *beside[name]])
     return Table(cols, rows, "success = share of label-swapped outputs the judge classifies as the new label "
-                             "(chance 10%)")
+                             "(chance 10%); a collapsed model draws class templates and scores high while "
+                             "ignoring its source, so read success only where retention ≥ 0.2")
 
 
 def swap_labels_table(labels, classes: tuple[str, ...] | None) -> Table | None:
@@ -607,6 +682,11 @@ def _cvae_section(res: Results, cvaes: dict, figures: list[Figure]) -> list[Bloc
         samples = samples if isinstance(samples, dict) else {}
         blocks.append(Block("h3", f"Label swap: {name} (seed {r['config'].get('seed', '?')})"))
         blocks.append(Block("p", "Each image is encoded with its TRUE label and decoded with a WRONG one."))
+        c = r["metrics"].get("collapse")
+        if isinstance(c, dict):
+            from harness.collapse import collapse_line
+
+            blocks.append(Block("p", collapse_line(name, c)))
         fig = read_png(res, r, samples.get("figure"))
         if fig is not None:
             blocks += _figure(figures, f"swap-figure-{r['dir'].name}", fig, f"{name}: sources and 5x5 label-swap grid")
@@ -636,8 +716,9 @@ def _judge_section(res: Results, cvaes: dict) -> list[Block]:
     if not res.judges:
         blocks.append(Block("p", "Judges: not run (no judges/<dataset>/judge.json)."))
     else:
-        blocks.append(Block("p", "A small CNN per dataset, trained on the real training split; its accuracy on "
-                                 "real test images bounds what a label swap can score."))
+        blocks.append(Block("p", "A small CNN per dataset, trained on the real training split with the "
+                                 "degradations a generator produces (blur, low contrast, noise), and measured on "
+                                 "the real test split as is and degraded before any swap score is read."))
         blocks.append(Block("table", judge_table(res)))
     t = swap_table(res, cvaes)
     if t.rows:

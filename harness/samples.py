@@ -47,7 +47,10 @@ def write_samples(cfg: ExperimentConfig, model, test_ds, out_dir: Path, n_overla
     samples = {"grid": f"{SAMPLES_DIR}/label_swap_grid.png", "sources": f"{SAMPLES_DIR}/label_swap_sources.png",
                "figure": f"{SAMPLES_DIR}/label_swap_figure.png",
                "labels": [[int(a), int(b)] for a, b in zip(inputs["label"], inputs["new_label"])]}
-    return samples, {"recon": {"mae": reconstruction_mae(model, test_ds), "judge_acc_true_label": None}}
+    from harness.collapse import collapse_metrics
+
+    return samples, {"recon": {"mae": reconstruction_mae(model, test_ds), "judge_acc_true_label": None},
+                     "collapse": collapse_metrics(model, test_ds, cfg.num_classes)}
 
 
 @torch.no_grad()

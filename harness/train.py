@@ -99,7 +99,7 @@ def train_loss(cfg: ExperimentConfig, model, batch, progress: float = 1e9) -> to
     x = dequantize(x, noise=True)
     out = model(x, y)
     warm = min(1.0, progress / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs > 0 else 1.0
-    return elbo_terms(x, out, _unwrap(model).log_scale, cfg.kl_weight * warm)["loss"]
+    return elbo_terms(x, out, _unwrap(model).log_scale, cfg.kl_weight * warm, cfg.free_bits)["loss"]
 
 
 def _unwrap(model):
@@ -237,6 +237,9 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         (out_dir / "_best").exists() and shutil.rmtree(out_dir / "_best", ignore_errors=True)
         print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "count"))
         print(f"outputs in {out_dir.resolve()}")
+        if cfg.task == "cvae":  # the last line says whether the label swap follows its source (#16)
+            from harness.collapse import collapse_line
+            print(collapse_line(cfg.name, metrics.get("collapse")))
     return metrics
 
 

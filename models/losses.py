@@ -40,13 +40,27 @@ def mc_kl(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tens
     return log_q - log_p
 
 
-def elbo_terms(x, out: dict, log_scale, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def analytic_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) per sample and latent dimension, nats [N, D]."""
+    return 0.5 * (mu ** 2 + logvar.exp() - logvar - 1)
+
+
+def elbo_terms(x, out: dict, log_scale, kl_weight: float = 1.0, free_bits: float = 0.0) -> dict[str, torch.Tensor]:
     """Per-sample ELBO terms in nats, averaged over the batch. `loss` weights the KL by kl_weight
-    (1.0 is the plain negative ELBO); `elbo` is always the unweighted bound."""
+    (1.0 is the plain negative ELBO); `elbo` is always the unweighted bound.
+
+    free_bits > 0 (nats per latent dimension, Kingma et al. 2016): the loss's KL term becomes
+    sum_d max(free_bits, batch-mean analytic KL_d), so no dimension is pushed below free_bits.
+    Why: with a strong KL weight on a small dataset the posterior collapses before the encoder
+    learns anything (the decoder draws class templates, the label swap ignores its source)."""
     ll = gaussian_log_likelihood(x.float(), out["mean"].float(), log_scale.float())
     kl = mc_kl(out["z"].float(), out["mu"].float(), out["logvar"].float())
+    if free_bits > 0:
+        kl_term = analytic_kl_per_dim(out["mu"].float(), out["logvar"].float()).mean(0).clamp(min=free_bits).sum()
+    else:
+        kl_term = kl.mean()
     return {
-        "loss": (kl_weight * kl - ll).mean(),
+        "loss": kl_weight * kl_term - ll.mean(),
         "elbo": (ll - kl),   # per sample
         "nll": -ll,          # per sample
         "kl": kl,            # per sample

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.errors import UserError
-from harness.judge import RECIPES, Judge, JudgeNet, judge_label_swap, load_judge, train_judge
+from harness.judge import RECIPES, Judge, JudgeNet, load_judge, train_judge
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
@@ -24,8 +24,12 @@ def test_train_writes_files_and_load_round_trips(dataset, data_root, tmp_path):
     assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
     on_disk = json.loads((out / "judge.json").read_text())
     assert on_disk["dataset"] == dataset and on_disk["epochs"] == 1
-    for key in ("arch", "val_acc", "test_acc", "seconds"):
+    for key in ("arch", "val_acc", "test_acc", "seconds", "precision", "accuracy", "fit", "fit_reasons"):
         assert key in on_disk
+    acc = on_disk["accuracy"]
+    assert set(acc) == {"real", "blur1", "blur2", "low_contrast", "class_means", "counts"}
+    assert acc["real"] == on_disk["test_acc"] and acc["counts"]["class_means"] == 10
+    assert on_disk["fit"] == (not on_disk["fit_reasons"])
     assert 0.0 <= on_disk["test_acc"] <= 1.0 and on_disk["test_acc"] == meta["test_acc"]
     assert any("epoch 1/1" in line for line in lines) and any("test accuracy" in line for line in lines)
     assert (out / "judge.safetensors").read_bytes()[:1] != b"\x80"  # not a pickle
@@ -47,7 +51,7 @@ def test_score_is_share_classified_as_target(monkeypatch):
     targets = [3, 0, 4, 0, 5, 0, 0, 6]  # 4 of 8 match
     assert judge.score(images, targets) == 0.5
     assert judge.score(images, torch.tensor(targets)) == 0.5
-    assert judge_label_swap(judge, images, np.array(targets)) == 0.5
+    assert judge.score(images, np.array(targets)) == 0.5
     assert judge.score(images, preds) == 1.0
     with pytest.raises(ValueError):
         judge.score(images, targets[:3])
