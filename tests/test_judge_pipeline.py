@@ -37,7 +37,8 @@ def test_training_records_collapse_and_says_it_last(judged_run):
 
 def test_judge_run_scores_every_test_image_beside_fitness_and_collapse(judged_run):
     _, run, judge, before, _ = judged_run
-    m = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "metrics.json").read_text()) == before  # training's file is left as it was
+    m = json.loads((run / "labelswap.json").read_text())  # the judge stage's own file
     j = m["judge"]
     assert j["test_swap_count"] == before["test"]["count"]
     for key in ("grid_swap_acc", "test_swap_acc"):
@@ -47,7 +48,7 @@ def test_judge_run_scores_every_test_image_beside_fitness_and_collapse(judged_ru
         assert abs(j[key] * n - round(j[key] * n)) < 1e-9
     assert j["judge_fit"] is judge.meta["fit"] and j["judge_fit_reasons"] == judge.meta["fit_reasons"]
     assert j["test_acc_real"] == judge.meta["accuracy"]["real"]
-    assert m["collapse"] == before["collapse"]  # measured once, at training; not replaced
+    assert "collapse" not in m  # measured once, at training; not measured again
     assert 0.0 <= m["recon"]["judge_acc_true_label"] <= 1.0
 
 
@@ -80,7 +81,7 @@ def test_a_run_trained_before_collapse_metrics_gets_them_when_judged(judged_run,
     del m["collapse"]
     (run / "metrics.json").write_text(json.dumps(m))
     _judge_run(run, {"mnist": judge}, data_root)
-    again = json.loads((run / "metrics.json").read_text())["collapse"]
+    again = json.loads((run / "labelswap.json").read_text())["collapse"]
     assert again["active_units"] == before["collapse"]["active_units"]
     assert again["retention"] == pytest.approx(before["collapse"]["retention"], rel=1e-5)
     assert again["kl_nats"] == pytest.approx(before["collapse"]["kl_nats"], rel=1e-5, abs=1e-6)

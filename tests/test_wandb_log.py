@@ -64,7 +64,7 @@ def _trained_run(root: Path) -> tuple[Path, str]:
     without wandb_run.json: the folder-name fallback) and an ONNX folder with export.json."""
     import wandb
 
-    from harness.checkpoint import save_config
+    from harness.run_folder import save_config
     from harness.config import get_experiment
 
     cfg = get_experiment("unet-mp-tr-bce").with_base_channels(4)
