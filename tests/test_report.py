@@ -175,7 +175,7 @@ def test_report_tables_match_json(tmp_path):
     skipped = table_with(tables, "reason")
     assert skipped["rows"] == [["ort-cuda", "no CUDA &lt;GPU&gt;"]]
     assert "segvae train unet-mp-tr-bce" in md
-    assert "Reused finished runs and judges (same config, trained before this invocation; their commands are " \
+    assert "Reused finished runs (same config, trained before this invocation; their commands are " \
            "listed below): cvae-mnist, judges/mnist" in md
 
     # the markdown's images exist in report_assets/
