@@ -1,13 +1,13 @@
 """ONNX Runtime backends. This module never imports torch (directly or through harness/models):
 ORT's peak memory is measured in a worker process that only loaded numpy and onnxruntime.
 
-Sessions use the settings of exports.session.OrtSession (intra-op threads, one inter-op thread,
-sequential execution, spinning off, the chosen optimization level); exports.session itself is not
-imported because it pulls torch in through harness.errors -> models.
+Sessions are the deployment path's own exports.session.OrtSession (intra-op threads, one inter-op
+thread, sequential execution, spinning off, the chosen optimization level, the provider chain and
+its device checks), which imports no torch.
 
-GPU providers (CUDA, TensorRT) get device_id = the resolved GPU and IO binding: bind() uploads the
-inputs once as OrtValues on the device and binds the outputs there, so a timed query is
-run_with_iobinding alone (no host copies). The same path runs on the CPU provider with
+GPU providers (CUDA, TensorRT) get device_id = the resolved GPU and IO binding (OrtSession.bind):
+the inputs are uploaded once as OrtValues on the device and the outputs bound there, so a timed
+query is run_with_iobinding alone (no host copies). The same path runs on the CPU provider with
 io_binding=True (device 'cpu'), which is how it is tested without a GPU.
 """
 from __future__ import annotations
@@ -33,24 +33,6 @@ def files_size(path) -> int | None:
     if not path.is_file():
         return None
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
-
-
-def session_options(threads: int, opt_level: str):
-    import onnxruntime as ort
-
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = levels[opt_level]
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return so
 
 
 class OrtBackend:
@@ -86,60 +68,48 @@ class OrtBackend:
         return chain + ["CPUExecutionProvider"]
 
     def load(self, job: dict, threads: int, device) -> None:
-        import onnxruntime as ort
+        from exports.session import OrtSession
 
         self.task, self.device = job["task"], device
         self.path = Path(job["onnx"][self.precision]["path"])
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} not found")
-        self.sess = ort.InferenceSession(str(self.path), sess_options=session_options(threads, self.opt_level),
-                                         providers=self.providers(device))
-        self.output_names = [o.name for o in self.sess.get_outputs()]
+        # the deployment path's own session (threads, no spinning, provider chain, device checks)
+        self.sess = OrtSession(self.path, threads, graph_optimization=self.opt_level,
+                               device=f"cuda:{int(device.index or 0)}" if self.gpu else "cpu",
+                               tensorrt=(self.provider == "TensorrtExecutionProvider") if self.gpu else False,
+                               require_device=self.gpu)
         self._ort_device = ("cuda", int(device.index or 0)) if self.gpu else ("cpu", 0)
 
     @property
     def form(self) -> dict:
-        return {"graph": self.path.name, "providers": self.sess.get_providers(), "io_binding": self.io_binding,
+        return {"graph": self.path.name, "providers": self.sess.providers, "io_binding": self.io_binding,
                 "device": str(self.device) if self.gpu else "cpu", "opt_level": self.opt_level}
 
     def _feed(self, inputs: dict) -> dict:
         return {k: np.ascontiguousarray(inputs[k]) for k in INPUT_NAMES[self.task]}
 
-    def _binding(self, feed: dict):
-        """An IO binding with inputs uploaded to the device and outputs bound there."""
-        import onnxruntime as ort
-
-        kind, idx = self._ort_device
-        binding = self.sess.io_binding()
-        values = {k: ort.OrtValue.ortvalue_from_numpy(v, kind, idx) for k, v in feed.items()}
-        for k, v in values.items():
-            binding.bind_ortvalue_input(k, v)
-        for o in self.output_names:
-            binding.bind_output(o, kind, idx)
-        return binding, values
-
     def bind(self, inputs: dict):
+        """A no-argument callable that runs one query on these inputs: with IO binding (GPU providers,
+        or io_binding=True) the inputs are on the device once and outputs stay there."""
         feed = self._feed(inputs)
         if not self.io_binding:
-            run_opts, names, sess = None, self.output_names, self.sess
-            return lambda: sess.run(names, feed, run_opts)
-        binding, values = self._binding(feed)
-        sess = self.sess
+            sess = self.sess
+            return lambda: sess.run_unchecked(feed)
+        bound = self.sess.bind(feed)
 
         def run():
-            sess.run_with_iobinding(binding)
-            binding.synchronize_outputs()
-            run.values = values  # the device inputs live as long as the closure
-            return binding
+            bound.run()
+            return bound
         return run
 
     def __call__(self, inputs: dict) -> np.ndarray:
         feed = self._feed(inputs)
         if not self.io_binding:
-            return np.asarray(self.sess.run(self.output_names[:1], feed)[0])
-        binding, _ = self._binding(feed)
-        self.sess.run_with_iobinding(binding)
-        return np.asarray(binding.copy_outputs_to_cpu()[0])
+            return np.asarray(self.sess.run_unchecked(feed)[0])
+        bound = self.sess.bind(feed)
+        bound.run()
+        return np.asarray(bound.outputs()[0])
 
     def h2d_ms(self, inputs: dict) -> float | None:
         """Median of 5 uploads of these inputs as device OrtValues (GPU providers only)."""
