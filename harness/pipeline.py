@@ -73,7 +73,7 @@ PRESETS: dict[str, Preset] = {
         segmentation={"mixed_precision": "bf16"},
         cvae={"early_stop_patience": None},
         judge_epochs=12, seeds=(0, 1, 2), cvae_seeds=(0,),
-        bench={"batch_sizes": [1, 8], "rounds": 5, "min_queries": 64, "min_duration": 1.0},
+        bench={"batch_sizes": [1, 8], "rounds": 5, "min_queries": 64, "min_duration": 0.5},
     ),
     "gpu": Preset(
         "A GPU run with the seed's settings: 64 base channels, 256 px, more epochs, bf16.",
