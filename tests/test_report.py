@@ -83,8 +83,10 @@ def _results(runs: Path, bench: bool = True) -> dict:
                                 "batch_size": bs, "samples_per_s": thr * k, "latency_ms": None, "pct_of_peak": None})
         cbase = {"run": "cvae-mnist", "experiment": "cvae-mnist", "task": "cvae", "rank": None, "batch_size": 1,
                  "scenario": "single-stream", "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5}}
-        records += [{**cbase, "backend": "torch-eager", "precision": "fp32", "judge_acc": 0.76, "max_abs_err": 0.0},
-                    {**cbase, "backend": "ort-fp32", "precision": "fp32", "judge_acc": 0.72, "max_abs_err": 3e-7}]
+        records += [{**cbase, "backend": "torch-eager", "precision": "fp32", "judge_acc": 0.76, "max_abs_err": 0.0,
+                     "accuracy_count": 200},
+                    {**cbase, "backend": "ort-fp32", "precision": "fp32", "judge_acc": 0.72, "max_abs_err": 3e-7,
+                     "accuracy_count": 200}]
         _write(runs / "bench.json", {
             "version": 1, "env": {"cpu": "Test CPU <script>alert(1)</script>", "cores": 2, "torch": "2.x",
                                   "command": "segvae bench runs/x"},
@@ -153,10 +155,10 @@ def test_report_tables_match_json(tmp_path):
     judges = table_with(tables, "judge test acc (real images)")
     assert judges["rows"][0][:2] == ["mnist", "98.1%"]
     swap = table_with(tables, "label-swap success")
-    got = {(r[3], r[4]): r[5] for r in swap["rows"]}
-    assert got == {("torch-eager", "fp32"): "76.0%", ("ort-fp32", "fp32"): "72.0%",
-                   ("test split (8000 images, PyTorch)", "fp32"): "94.2%",  # 94.25 -> 1 decimal
-                   ("grid (25 images, PyTorch)", "fp32"): "88.0%"}
+    got = {(r[3], r[4]): (r[5], r[6]) for r in swap["rows"]}
+    assert got == {("torch-eager", "fp32"): ("76.0%", "200"), ("ort-fp32", "fp32"): ("72.0%", "200"),
+                   ("test split, PyTorch", "fp32"): ("94.2%", "8000"),  # 94.25 -> 1 decimal
+                   ("5x5 grid, PyTorch", "fp32"): ("88.0%", "25")}
     assert all(r[2] == "98.1%" for r in swap["rows"])
 
     labels = table_with(tables, "col 1")

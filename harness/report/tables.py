@@ -108,7 +108,7 @@ def swap_table(res: Results, cvae_groups: dict[str, list[dict]]) -> Table:
     """Label-swap success (share of swapped images the judge reads as the NEW label) per backend, each
     with the run's retention and collapse verdict beside it."""
     cols = ["experiment", "dataset", "judge acc on real test images", "backend", "precision", "label-swap success",
-            "retention", "collapsed"]
+            "images", "retention", "collapsed"]
     rows = []
     datasets = {name: runs[0]["config"].get("dataset") for name, runs in cvae_groups.items()}
     beside = {name: [fmt_stat([dig(r["metrics"], "collapse", "retention") for r in runs], 3),
@@ -125,19 +125,19 @@ def swap_table(res: Results, cvae_groups: dict[str, list[dict]]) -> Table:
         j = res.judges.get(ds)
         rows.append([as_text(r.get("experiment")), as_text(ds), fmt_pct(dig(j, "test_acc")),
                      as_text(r.get("backend")), as_text(r.get("precision")), _swap_cell(fmt_pct(r.get("judge_acc")), j),
-                     *beside.get(r.get("experiment"), [DASH, "not measured"])])
+                     as_text(r.get("accuracy_count")), *beside.get(r.get("experiment"), [DASH, "not measured"])])
     for name, runs in cvae_groups.items():  # PyTorch figures: every test image, and the 25 grid images
         ms = [r["metrics"] for r in runs]
         ds = datasets.get(name)
         j = res.judges.get(ds)
-        for key, what in (("test_swap_acc", "test split ({n} images, PyTorch)"), ("grid_swap_acc", "grid (25 images, PyTorch)")):
+        for key, what in (("test_swap_acc", "test split, PyTorch"), ("grid_swap_acc", "5x5 grid, PyTorch")):
             vals = [x for x in (as_number(dig(m, "judge", key)) for m in ms) if x is not None]
             if vals:
-                n = dig(ms[0], "judge", "test_swap_count") or "all"
-                rows.append([name, as_text(ds), fmt_pct(dig(j, "test_acc")), what.format(n=n), "fp32",
-                             _swap_cell(fmt_stat([100 * x for x in vals], 1) + "%", j), *beside[name]])
+                n = dig(ms[0], "judge", "test_swap_count") if key == "test_swap_acc" else 25
+                rows.append([name, as_text(ds), fmt_pct(dig(j, "test_acc")), what, "fp32",
+                             _swap_cell(fmt_stat([100 * x for x in vals], 1) + "%", j), as_text(n), *beside[name]])
     return Table(cols, rows, "success = share of label-swapped outputs the judge classifies as the new label "
-                             "(chance 10%); a collapsed model draws class templates and scores high while "
+                             "(chance 10%), over `images` test images (backends: the bench's accuracy set); a collapsed model draws class templates and scores high while "
                              "ignoring its source, so read success only where retention ≥ 0.2")
 
 
