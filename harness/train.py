@@ -170,6 +170,11 @@ def resolve_precision(requested: str) -> str:
 
 
 def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX. SEGVAE_CPU_BF16=0 (or 1) overrides the probe, so one machine can time what
+    `auto` does on the other kind of CPU; metrics.json records the precision a run used either way."""
+    forced = os.environ.get("SEGVAE_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
     return any(getattr(torch.cpu, probe, lambda: False)()
                for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 

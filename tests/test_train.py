@@ -83,6 +83,10 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
         assert resolve_precision("auto") == want, (avx512_bf16, amx)
+        for forced, forced_want in (("0", "no"), ("1", "bf16")):  # SEGVAE_CPU_BF16 overrides the probe
+            monkeypatch.setenv("SEGVAE_CPU_BF16", forced)
+            assert resolve_precision("auto") == forced_want
+        monkeypatch.delenv("SEGVAE_CPU_BF16")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for bf16_gpu, want in [(True, "bf16"), (False, "fp16")]:
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda v=bf16_gpu: v)
