@@ -136,3 +136,32 @@ def test_detect_device_under_accelerate(monkeypatch):
     assert detect_device("auto") == Device("cuda", 3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert detect_device("auto") == Device("cpu", None)
+
+
+def test_early_stopping_bisection_equals_the_scan_it_replaces():
+    """min_queries and early_stopping_percentile search by bisection; check them against the plain
+    scans of the definition (h = 1, 2, ...; t = 0, 1, ...) on small cases."""
+    import numpy as np
+
+    from harness.bench import stats
+
+    def scan_min(p, t):
+        h = 1
+        while stats._binom_tail_ge(h + t, p, h) > 0.01:
+            h += 1
+        return h + t
+
+    for p in (0.5, 0.9, 0.99):
+        for t in (0, 1, 2, 5, 17, 40):
+            assert stats.min_queries(p, t) == scan_min(p, t), (p, t)
+    rng = np.random.default_rng(0)
+    for n in (10, 63, 64, 100, 300, 700):
+        values = rng.random(n)
+        for p in (0.5, 0.9, 0.99):
+            if n < scan_min(p, 0):
+                assert stats.early_stopping_percentile(values, p) == (None, None)
+                continue
+            t = 0
+            while scan_min(p, t + 1) <= n:
+                t += 1
+            assert stats.early_stopping_percentile(values, p) == (float(np.sort(values)[n - max(t, 1)]), t)

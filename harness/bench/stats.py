@@ -46,27 +46,41 @@ def _binom_tail_ge(n: int, p: float, k: int) -> float:
     return math.exp(m) * sum(math.exp(t - m) for t in terms)
 
 
+def _first_true(lo: int, hi: int, ok) -> int:
+    """The smallest x in [lo, hi] with ok(x), for ok monotone (False ... False True ... True); hi if none."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def min_queries(p: float, t: int = 1, confidence: float = EARLY_STOP_CONFIDENCE) -> int:
     """LoadGen early stopping: the fewest queries for which t queries over the reported latency
-    still bound the p-th percentile at `confidence` (see module docstring)."""
+    still bound the p-th percentile at `confidence` (see module docstring).
+
+    P(Binomial(h + t, p) >= h) falls as h grows (more trials, at most t failures), so h is found by
+    bisection: O(t log h) instead of a scan, which matters for the thousands of queries of a fast
+    model."""
     if not 0 < p < 1 or t < 0:
         raise ValueError(f"need 0 < p < 1 and t >= 0, got p={p}, t={t}")
-    h = 1
-    while _binom_tail_ge(h + t, p, h) > 1 - confidence:
-        h += 1
-    return h + t
+    hi = 1
+    while _binom_tail_ge(hi + t, p, hi) > 1 - confidence:
+        hi *= 2
+    return _first_true(1, hi, lambda h: _binom_tail_ge(h + t, p, h) <= 1 - confidence) + t
 
 
 def early_stopping_percentile(values: Sequence[float], p: float,
                               confidence: float = EARLY_STOP_CONFIDENCE) -> tuple[float | None, int | None]:
     """(LoadGen's early-stopping estimate, t): the largest t that len(values) allows, the t-1 highest
-    values dropped and the highest of the rest reported; (None, None) when n < min_queries(p, 0)."""
+    values dropped and the highest of the rest reported; (None, None) when n < min_queries(p, 0).
+    min_queries grows with t, so the largest t is found by bisection."""
     n = len(values)
     if n < min_queries(p, 0, confidence):
         return None, None
-    t = 0
-    while min_queries(p, t + 1, confidence) <= n:
-        t += 1
+    t = _first_true(0, n, lambda t: min_queries(p, t + 1, confidence) > n)
     a = np.sort(np.asarray(values, dtype=np.float64))
     return float(a[n - max(t, 1)]), t
 
