@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.run_folder import save_config, save_weights
+from harness.run_folder import record_run, save_config, save_weights
 from harness.config import get_experiment
 from models import build_model
 
@@ -29,6 +29,7 @@ MODELS = {
 def _make_run(run_dir: Path, cfg) -> Path:
     torch.manual_seed(0)
     save_config(run_dir, cfg)
+    record_run(run_dir, cfg, None, argv=None)  # the embedded sample: what export calibrates on
     save_weights(run_dir, build_model(cfg.task, cfg.model).eval())
     return run_dir
 
