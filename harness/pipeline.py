@@ -64,7 +64,7 @@ PRESETS: dict[str, Preset] = {
         cvae_by_dataset={"mnist": {"epochs": 30, "batch_size": 16, "kl_weight": 6.0, "lr": 2e-3, "free_bits": 0.5,
                                    "model": {"log_scale_init": -2.0}}},
         unet_channels=16, cvae_channels=32, judge_epochs=10,
-        minutes={"bf16": 7.2},  # docs/results/quick: a fresh clone on 2 vCPUs with native bf16
+        minutes={"bf16": 7.2, "fp32": 11.7},  # docs/results/quick (native bf16), quick-fp32 (SEGVAE_CPU_BF16=0)
         bench={"batch_sizes": [1, 8], "rounds": 3, "min_queries": 10, "min_duration": 0.3, "warmup": 2,
                "accuracy_samples": 200, "backends": ["torch-eager", "torch-bf16", "ort-fp32", "ort-int8"]},
     ),
