@@ -369,29 +369,6 @@ def load_judges(folder: str | os.PathLike) -> dict:
     return {d.name: load_judge(d).score for d in sorted(folder.iterdir()) if d.is_dir()}
 
 
-def _train_judges(experiments, root: Path, out: Path, p: Preset, commands: list[str], reused: list[str],
-                  retrain: bool) -> dict:
-    from harness.judge import judge_is_current, judge_settings, load_judge, train_judge
-
-    judges = {}
-    for name in experiments:
-        cfg = get_experiment(name)
-        if cfg.task != "cvae" or cfg.dataset in judges:
-            continue
-        jdir = out / "judges" / cfg.dataset
-        if not retrain and judge_is_current(jdir, judge_settings(cfg.dataset, root, p.judge_epochs)):
-            print(f"[judge {cfg.dataset}] reusing the judge in {jdir} (same settings; --retrain to redo it)",
-                  flush=True)
-            reused.append(f"judges/{cfg.dataset}")
-        else:
-            print(f"[judge {cfg.dataset}] training the label-swap judge", flush=True)
-            train_judge(cfg.dataset, root, out_dir=jdir, epochs=p.judge_epochs)
-        commands.append(f"python -c \"from harness.judge import train_judge; "
-                        f"train_judge('{cfg.dataset}', '{root}', out_dir='{jdir}', epochs={p.judge_epochs})\"")
-        judges[cfg.dataset] = load_judge(jdir)
-    return judges
-
-
 def _judge_run(run: Path, judges: dict, root: Path):
     """Judge a CVAE run in PyTorch (harness.labelswap.judge_swaps) and record, beside the scores, the
     judge's fitness and the run's collapse metrics (measured here if training did not), so a swap
