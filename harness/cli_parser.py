@@ -204,12 +204,14 @@ def _bench(sub) -> None:
                                                 "on the device)")
     b.add_argument("--scenarios", type=csv, help="comma list of single-stream, offline, server "
                                                  "(default: single-stream,offline)")
-    b.add_argument("--batch-sizes", type=csv_ints, help="offline batch sizes, comma list (default: 1,8)")
+    b.add_argument("--batch-sizes", type=csv_ints, help="offline batch sizes, comma list (default: 8; batch 1 "
+                                                                    "is the single-stream scenario's loop)")
     b.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto: CUDA when present, the local "
                                     "rank's GPU)")
     b.add_argument("--threads", type=positive_int, help="threads per backend (default: all cores, divided by "
                                                         "the process count)")
-    b.add_argument("--rounds", type=positive_int, help="interleaved rounds per measurement (default: 5)")
+    b.add_argument("--rounds", type=positive_int, help="interleaved rounds per measurement (default: 9, the "
+                                                                   "fewest whose 95%% interval is not [min, max])")
     b.add_argument("--min-queries", type=positive_int, help="per round: queries, offline: samples (default: 64)")
     b.add_argument("--min-duration", type=positive_float, help="seconds per round and measurement (default: 0.5)")
     b.add_argument("--warmup", type=nonnegative_int, help="untimed queries before each round (default: 3)")
@@ -229,6 +231,9 @@ def _bench(sub) -> None:
                    help="gate: metric >= TARGET x the torch fp32 reference (default: 0.99; 0.999 strict)")
     b.add_argument("--ort-opt-level", choices=["all", "extended", "basic", "disable"],
                    help="ONNX Runtime graph optimization level (default: all)")
+    b.add_argument("--wait", choices=["spin", "passive"],
+                   help="how idle threads wait: spin (libgomp's and ONNX Runtime's defaults) or passive "
+                        "(OMP_WAIT_POLICY=PASSIVE, ORT spinning off: for a machine other processes share; default: spin)")
     b.add_argument("--out", default="bench.json", help="results file (default: bench.json)")
     b.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
                    help="wandb: log the results table, throughput/latency charts and env, linked to the export "

@@ -185,12 +185,33 @@ def test_provenance(bench, runs):
             assert r["export_config_hash"] == cfg.hash() and Path(r["model_file"]).parent == run / "onnx"
             assert r["torch_in_process"] is False  # ORT's peak RSS is measured without torch loaded
             assert r["form"]["io_binding"] is False and r["timing_includes_h2d"] is None
+            assert r["form"]["spinning"] is True  # wait="spin", the default: ORT's own waiting
         else:
             assert r["model_file"] == str(run / WEIGHTS_FILE) and r["torch_in_process"] is True
             if r["task"] == "segmentation":
                 assert "fold_batchnorm" in r["form"]["graph"]
         if r["backend"] == "torch-bf16":
             assert "converted once to bf16" in r["form"]["weights"]
+
+
+def test_every_timed_process_keeps_freed_memory(bench, monkeypatch):
+    """glibc malloc is told to keep freed memory (no page faults per eager forward) in every worker,
+    unless the user's environment configures malloc itself; bench.json says which."""
+    import subprocess
+    import sys
+
+    from harness.bench.process_env import MALLOC_SETTINGS, retain_freed_memory
+
+    doc, _ = bench
+    assert doc["config"]["malloc"] == {"source": "mallopt", **{k: v for k, (_, v) in MALLOC_SETTINGS.items()}}
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    assert retain_freed_memory() == {"source": "environment", "MALLOC_TRIM_THRESHOLD_": "12345"}
+    # a worker process applies it at start: mallopt accepted every parameter there too
+    code = ("from harness.bench.worker import Worker; "
+            "w = Worker('ort-fp32', {'device': ['cpu', None], 'threads': 1}); print(w.malloc['source'], len(w.malloc))")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["mallopt", str(1 + len(MALLOC_SETTINGS))]
 
 
 def test_flops_and_peak(bench, runs):
@@ -344,6 +365,8 @@ def test_config_validation():
         BenchConfig(batch_sizes=[0]).validate()
     with pytest.raises(UserError, match="rounds"):
         BenchConfig(rounds=0).validate()
+    with pytest.raises(UserError, match="invalid wait='busy'"):
+        BenchConfig(wait="busy").validate()
     with pytest.raises(UserError, match="--device 'tpu'"):
         BenchConfig(device="tpu").validate()
     assert BenchConfig(batch_sizes=[8, 1, 8]).validate().batch_sizes == [1, 8]

@@ -41,8 +41,8 @@ class OrtBackend:
     provider = "CPUExecutionProvider"
     gpu = False
 
-    def __init__(self, opt_level: str = "all", io_binding: bool | None = None):
-        self.opt_level = opt_level
+    def __init__(self, opt_level: str = "all", io_binding: bool | None = None, spinning: bool = True):
+        self.opt_level, self.spinning = opt_level, spinning
         self.io_binding = self.gpu if io_binding is None else io_binding
 
     @classmethod
@@ -74,8 +74,8 @@ class OrtBackend:
         self.path = Path(job["onnx"][self.precision]["path"])
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} not found")
-        # the deployment path's own session (threads, no spinning, provider chain, device checks)
-        self.sess = OrtSession(self.path, threads, graph_optimization=self.opt_level,
+        # the deployment path's own session (threads, provider chain, device checks); spinning as --wait says
+        self.sess = OrtSession(self.path, threads, graph_optimization=self.opt_level, spinning=self.spinning,
                                device=f"cuda:{int(device.index or 0)}" if self.gpu else "cpu",
                                tensorrt=(self.provider == "TensorrtExecutionProvider") if self.gpu else False,
                                require_device=self.gpu)
@@ -84,7 +84,8 @@ class OrtBackend:
     @property
     def form(self) -> dict:
         return {"graph": self.path.name, "providers": self.sess.providers, "io_binding": self.io_binding,
-                "device": str(self.device) if self.gpu else "cpu", "opt_level": self.opt_level}
+                "device": str(self.device) if self.gpu else "cpu", "opt_level": self.opt_level,
+                "spinning": self.spinning}
 
     def _feed(self, inputs: dict) -> dict:
         return {k: np.ascontiguousarray(inputs[k]) for k in INPUT_NAMES[self.task]}

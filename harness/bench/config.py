@@ -8,6 +8,7 @@ from harness.bench.stats import min_queries as loadgen_min_queries
 
 SCENARIOS = ("single-stream", "offline", "server")
 ORT_OPT_LEVELS = ("all", "extended", "basic", "disable")  # the keys of exports.session.OPT_LEVELS
+WAITS = ("spin", "passive")  # harness.bench.process_env.configure_omp says why spin is the default
 REFERENCE = "torch-eager"
 # LoadGen (mlperf.conf / inference_rules.adoc): every scenario >= 600 s; Offline >= 24,576 samples;
 # a p90 needs 64 queries and a p99 662 (early stopping, 99% confidence, one query over)
@@ -25,9 +26,10 @@ def tail_min_queries(percentile: str) -> int:
 class BenchConfig:
     backends: list[str] | None = None            # None: every registered backend available on the device
     scenarios: list[str] = field(default_factory=lambda: ["single-stream", "offline"])
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    batch_sizes: list[int] = field(default_factory=lambda: [8])  # offline; batch 1 is single-stream's loop
     threads: int | None = None                   # None: os.cpu_count() (divided by world size when distributed)
-    rounds: int = 5                              # interleaved rounds per (run, backend, scenario, batch size)
+    rounds: int = 9                              # interleaved rounds per (run, backend, scenario, batch size);
+                                                 # 9 is the fewest whose interval is not [min, max] (96.1%)
     min_queries: int = 64                        # per round: queries (offline: samples); 64 = LoadGen's p90 minimum
     min_duration: float = 0.5                    # seconds per round and measurement
     warmup: int = 3
@@ -43,6 +45,7 @@ class BenchConfig:
     peak_reps: int = 5
     seed: int = 0                                # accuracy subset, label-swap inputs, server arrivals
     ort_opt_level: str = "all"                   # ONNX Runtime graph optimization: all|extended|basic|disable
+    wait: str = "spin"                           # idle threads: spin (libgomp's and ORT's defaults) | passive
 
     def validate(self) -> "BenchConfig":
         from harness.bench.backends import REGISTRY
@@ -73,6 +76,8 @@ class BenchConfig:
                 raise UserError(f"invalid {name}={v!r}: expected a positive integer")
         if self.ort_opt_level not in ORT_OPT_LEVELS:
             raise UserError(f"invalid ort_opt_level={self.ort_opt_level!r}: expected one of {', '.join(ORT_OPT_LEVELS)}")
+        if self.wait not in WAITS:
+            raise UserError(f"invalid wait={self.wait!r}: expected one of {', '.join(WAITS)}")
         from harness.bench.device import resolve_device
         try:  # syntax only here; availability is checked against the machine in run_bench
             resolve_device(self.device, True, 1 << 16)

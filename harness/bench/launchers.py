@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from harness.bench.worker import Worker
 
-OMP_WAIT_POLICY = "PASSIVE"
+from harness.bench.process_env import omp_env
 
 
 class WorkerError(RuntimeError):
@@ -33,7 +33,7 @@ class ProcessWorker:
         self.name = name
         repo = str(Path(importlib.util.find_spec("harness").origin).parent.parent)  # the folder holding harness/
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])}
-        env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+        env.update(omp_env(settings.get("wait", "spin")))
         self.proc = subprocess.Popen([sys.executable, "-m", "harness.bench.worker", json.dumps({**settings, "name": name})],
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
@@ -81,14 +81,18 @@ class LocalWorker:
         self.worker._close()
 
 
-def interleave(workers: dict, rounds: int, items: Iterable, call: Callable) -> None:
+def interleave(workers: dict, rounds: int, items: Iterable, call: Callable,
+               on_round: Callable[[int], None] | None = None) -> None:
     """for r in rounds: for each item (scenario, batch size): for each live backend: call(worker,
-    name, item, r). A backend whose call fails is dropped for the rest (call handles the error)."""
+    name, item, r); then on_round(r + 1). A backend whose call fails is dropped for the rest (call
+    handles the error)."""
     items = list(items)
     for r in range(rounds):
         for item in items:
             for name in list(workers):
                 call(workers[name], name, item, r)
+        if on_round is not None:
+            on_round(r + 1)
 
 
 class Dist:
@@ -137,12 +141,3 @@ class Dist:
             if td.is_initialized():
                 td.barrier()
                 td.destroy_process_group()
-
-
-def configure_omp() -> str:
-    """torch's OpenMP threads wait passively (like ORT sessions, which run with spinning off) unless
-    the environment says otherwise: with the default active wait, 2 threads on 2 cores that another
-    process also uses made a small UNet forward ~100x slower on the dev machine. Returns the policy."""
-    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
-        os.environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
-    return os.environ.get("OMP_WAIT_POLICY", OMP_WAIT_POLICY)

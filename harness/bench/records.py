@@ -163,6 +163,7 @@ def format_table(records: list[dict]) -> str:
         lines.append("  ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, cols)).rstrip())
     cov = next((r["ci_coverage"] for r in records if r.get("ci_coverage")), None)
     if cov is not None:
-        lines.append(f"intervals: order-statistic CI of the median over rounds, true coverage {cov:.2%} "
-                     "(95% needs >= 6 rounds); * = percentile from fewer queries than LoadGen's minimum")
+        lines.append(f"intervals: order-statistic CI of the median over rounds, true coverage {cov:.2%}"
+                     + (" (95% needs >= 6 rounds)" if cov < 0.95 else "")
+                     + "; * = percentile from fewer queries than LoadGen's minimum")
     return "\n".join(lines)

@@ -29,7 +29,8 @@ from harness.bench import accuracy, records, trackers
 from harness.bench.backends import REGISTRY
 from harness.bench.backends_ort import onnx_path
 from harness.bench.config import REFERENCE, BenchConfig
-from harness.bench.launchers import Dist, LocalWorker, ProcessWorker, WorkerError, configure_omp, interleave
+from harness.bench.launchers import Dist, LocalWorker, ProcessWorker, WorkerError, interleave
+from harness.bench.process_env import OMP_DEFAULT, configure_omp, retain_freed_memory
 from harness.errors import UserError
 
 
@@ -70,7 +71,7 @@ def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out="ben
             raise UserError(f"run directory not found: {r}")
     if len({r.name for r in run_dirs}) != len(run_dirs):
         raise UserError("run directories must have distinct folder names (records are keyed by them)")
-    omp_policy = configure_omp()
+    omp_policy = configure_omp(cfg.wait)
     from harness.bench.device import detect_device
     try:
         device = detect_device(cfg.device)
@@ -84,8 +85,8 @@ def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out="ben
     import torch
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    if not isolated:
-        omp_policy = os.environ.get("OMP_WAIT_POLICY") or "unset (libgomp default: active)"
+    if not isolated:  # in process: the policy torch was imported under
+        omp_policy = os.environ.get("OMP_WAIT_POLICY", OMP_DEFAULT)
     try:
         return _bench(ctx, run_dirs, out, argv, omp_policy, time.perf_counter())
     finally:
@@ -151,7 +152,8 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
 def _start_workers(ctx: Ctx) -> dict:
     bs = sorted(set(ctx.cfg.batch_sizes) | ({1} if set(ctx.cfg.scenarios) - {"offline"} else set()))
     settings = {"threads": ctx.threads, "device": [ctx.device.kind, ctx.device.index], "warmup": ctx.cfg.warmup,
-                "ort_opt_level": ctx.cfg.ort_opt_level, "batch_sizes": bs}
+                "ort_opt_level": ctx.cfg.ort_opt_level, "wait": ctx.cfg.wait,
+                "batch_sizes": bs}
     names = ctx.names if REFERENCE in ctx.names else [REFERENCE, *ctx.names]  # accuracy needs the reference
     workers = {}
     for n in names:
@@ -196,7 +198,10 @@ def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
                       seed=cfg.seed + r)
             if m is not None:
                 data[name]["rounds"].setdefault(f"{scen}|{bs}", []).append(m)
-        interleave(timed, cfg.rounds, items, call)
+        t0 = time.perf_counter()
+        interleave(timed, cfg.rounds, items, call, lambda r: _log(
+            f"{job['run']}: round {r}/{cfg.rounds} of {', '.join(f'{s} bs{b}' for s, b in items)} "
+            f"({time.perf_counter() - t0:.0f}s)", ctx.dist.rank if ctx.dist.world > 1 else None))
 
     items = ([("single-stream", 1)] if "single-stream" in cfg.scenarios else []) + \
         ([("offline", b) for b in cfg.batch_sizes] if "offline" in cfg.scenarios else [])
@@ -278,6 +283,7 @@ def _bench(ctx: Ctx, run_dirs: list[Path], out, argv, omp_policy: str, t_start: 
                    "isolation": "subprocess" if ctx.isolated else "none", "world_size": ctx.dist.world,
                    "backends_run": [n for n in ctx.names if n not in ctx.skipped],
                    "accuracy_batch_size": ctx.cfg.accuracy_batch_size, "omp_wait_policy": omp_policy,
+                   "malloc": retain_freed_memory(),
                    "accuracy_samples_used": {j["run"]: j["n"] for j in jobs},
                    "accuracy_subset": {j["run"]: j["subset"] for j in jobs},
                    "accuracy_class_counts": {j["run"]: j["class_counts"] for j in jobs},

@@ -26,6 +26,7 @@ from harness.bench import scenarios as sc
 from harness.bench import trackers
 from harness.bench.backends import INPUT_NAMES, REGISTRY
 from harness.bench.device import Device
+from harness.bench.process_env import retain_freed_memory
 
 
 def _take(arrays, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -35,6 +36,7 @@ def _take(arrays, idx: np.ndarray) -> dict[str, np.ndarray]:
 class Worker:
     def __init__(self, name: str, settings: dict, rank: int = 0, world: int = 1, dist=None):
         self.name, self.settings, self.rank, self.world, self.dist = name, settings, rank, world, dist
+        self.malloc = retain_freed_memory()
         self.device = Device(*settings["device"])
         self.backend, self.job = None, None
         if REGISTRY[name].family == "torch":
@@ -49,7 +51,8 @@ class Worker:
         self._close()
         trackers.reset_peak_rss()
         cls = REGISTRY[self.name]
-        self.backend = cls(opt_level=self.settings["ort_opt_level"]) if cls.family == "ort" else cls()
+        self.backend = cls(opt_level=self.settings["ort_opt_level"],
+                                                              spinning=self.settings.get("wait", "spin") == "spin") if cls.family == "ort" else cls()
         self.job = job
         self.arrays = {k: np.load(Path(job["dir"]) / f"{k}.npy", mmap_mode="r", allow_pickle=False)
                        for k in INPUT_NAMES[job["task"]]}
