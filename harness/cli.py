@@ -97,7 +97,7 @@ def _bench(a) -> int:
 
     fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "device", "threads", "rounds",
                                          "min_queries", "min_duration", "mlperf", "server_qps", "latency_bound_ms",
-                                         "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level", "warmup", "wait")}
+                                         "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level", "warmup", "wait", "processes")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
     judge_fn = load_judges(a.judges) if a.judges else None
     run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv, judge_fn=judge_fn)

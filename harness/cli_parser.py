@@ -231,6 +231,9 @@ def _bench(sub) -> None:
                    help="gate: metric >= TARGET x the torch fp32 reference (default: 0.99; 0.999 strict)")
     b.add_argument("--ort-opt-level", choices=["all", "extended", "basic", "disable"],
                    help="ONNX Runtime graph optimization level (default: all)")
+    b.add_argument("--processes", type=positive_int,
+                   help="fresh worker processes per backend, the rounds split among them: intervals then include "
+                        "what a process's memory layout does to all its rounds (default: 1)")
     b.add_argument("--wait", choices=["spin", "passive"],
                    help="how idle threads wait: spin (libgomp's and ONNX Runtime's defaults) or passive "
                         "(OMP_WAIT_POLICY=PASSIVE, ORT spinning off: for a machine other processes share; default: spin)")

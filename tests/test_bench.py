@@ -5,6 +5,7 @@ hashes, stale/missing onnx/ refused), torch-free ORT workers, IO binding, torch.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -486,3 +487,20 @@ def test_in_process_without_reference_backend(runs, data_root, tmp_path, capsys)
     (r,) = doc["results"]
     assert r["isolated"] is False and r["backend"] == "ort-fp32" and r["speedup"] is None
     assert r["dice_delta"] is not None and abs(r["dice_delta"]) <= 0.01 and r["accuracy_pass"] is True
+
+
+def test_rounds_split_among_fresh_worker_processes(runs, data_root, tmp_path):
+    """--processes 3 with 3 rounds: each backend's rounds come from 3 distinct processes (its load
+    repeated in each), and nothing else about the record changes."""
+    from harness.bench.runner import _generations
+
+    assert _generations(9, 3) == [3, 6] and _generations(9, 1) == [] and _generations(5, 2) == [3]
+    with pytest.raises(UserError, match="processes=4: expected at most rounds=3"):
+        BenchConfig(processes=4, rounds=3).validate()
+    cfg = BenchConfig(backends=["torch-eager", "ort-fp32"], scenarios=["single-stream"], processes=3,
+                      **{**FAST, "batch_sizes": [1]})
+    doc = run_bench(runs["unet"], cfg, data_root=data_root, out=tmp_path / "b.json")
+    assert doc["config"]["processes_used"] == 3
+    for r in doc["results"]:
+        assert len(set(r["worker_pids"])) == 3 and os.getpid() not in r["worker_pids"]
+        assert r["rounds"] == 3 and len(r["rounds_samples_per_s"]) == 3 and r["peak_rss_mb"] > 0

@@ -45,7 +45,7 @@ def _base(ctx, job: dict, name: str, ranks: list[dict], acc: dict, gate: dict) -
         "export_config_hash": job["export_config_hash"] if cls.family == "ort" else None,
         "run_config_hash": job["run_config_hash"], "threads": ctx.threads, "isolated": ctx.isolated,
         "device": "cpu" if cls.family == "ort" and not getattr(cls, "gpu", False) else str(ctx.device),
-        "form": load["form"], "_compile": load["compile_s"],
+        "form": load["form"], "_compile": load["compile_s"], "worker_pids": load.get("pids"),
         **{k: v for k, v in acc.items() if not k.startswith("_")},
         "accuracy_subset": job["subset"], "accuracy_pass": gate["pass"], "accuracy_gate": gate,
         "world_size": ctx.dist.world,

@@ -45,6 +45,7 @@ class BenchConfig:
     peak_reps: int = 5
     seed: int = 0                                # accuracy subset, label-swap inputs, server arrivals
     ort_opt_level: str = "all"                   # ONNX Runtime graph optimization: all|extended|basic|disable
+    processes: int = 1                           # fresh worker processes per backend, rounds split among them
     wait: str = "spin"                           # idle threads: spin (libgomp's and ORT's defaults) | passive
 
     def validate(self) -> "BenchConfig":
@@ -60,7 +61,7 @@ class BenchConfig:
             raise UserError(f"unknown scenario(s) {unknown}: expected some of {', '.join(SCENARIOS)}")
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise UserError(f"invalid batch_sizes={self.batch_sizes!r}: expected positive integers")
-        for name in ("min_queries", "warmup", "peak_size", "peak_reps", "rounds"):
+        for name in ("min_queries", "warmup", "peak_size", "peak_reps", "rounds", "processes"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "warmup" else 1):
                 raise UserError(f"invalid {name}={v!r}: expected a {'non-negative' if name == 'warmup' else 'positive'} integer")
@@ -76,6 +77,9 @@ class BenchConfig:
                 raise UserError(f"invalid {name}={v!r}: expected a positive integer")
         if self.ort_opt_level not in ORT_OPT_LEVELS:
             raise UserError(f"invalid ort_opt_level={self.ort_opt_level!r}: expected one of {', '.join(ORT_OPT_LEVELS)}")
+        if self.processes > self.rounds:
+            raise UserError(f"invalid processes={self.processes}: expected at most rounds={self.rounds} "
+                            "(every process measures at least one round)")
         if self.wait not in WAITS:
             raise UserError(f"invalid wait={self.wait!r}: expected one of {', '.join(WAITS)}")
         from harness.bench.device import resolve_device

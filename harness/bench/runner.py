@@ -149,16 +149,43 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
 
 
 # =========================================================================== measuring
-def _start_workers(ctx: Ctx) -> dict:
+def _worker_settings(ctx: Ctx) -> dict:
     bs = sorted(set(ctx.cfg.batch_sizes) | ({1} if set(ctx.cfg.scenarios) - {"offline"} else set()))
-    settings = {"threads": ctx.threads, "device": [ctx.device.kind, ctx.device.index], "warmup": ctx.cfg.warmup,
-                "ort_opt_level": ctx.cfg.ort_opt_level, "wait": ctx.cfg.wait,
-                "batch_sizes": bs}
+    return {"threads": ctx.threads, "device": [ctx.device.kind, ctx.device.index], "warmup": ctx.cfg.warmup,
+            "ort_opt_level": ctx.cfg.ort_opt_level, "wait": ctx.cfg.wait, "batch_sizes": bs}
+
+
+def _start_workers(ctx: Ctx) -> dict:
+    settings = _worker_settings(ctx)
     names = ctx.names if REFERENCE in ctx.names else [REFERENCE, *ctx.names]  # accuracy needs the reference
     workers = {}
     for n in names:
         workers[n] = ProcessWorker(n, settings) if ctx.isolated else LocalWorker(n, settings, ctx.dist)
     return workers
+
+
+def _generations(rounds: int, processes: int) -> list[int]:
+    """The rounds after which every worker is replaced by a fresh process: `processes` blocks of
+    consecutive rounds, as equal as they divide (9 rounds, 3 processes -> after rounds 3 and 6)."""
+    return [r for r in range(1, rounds) if (r * processes) // rounds != ((r - 1) * processes) // rounds]
+
+
+def _respawn(ctx: Ctx, job: dict, data: dict, workers: dict, live: dict, timed: dict) -> None:
+    """A fresh process for every timed backend (its load repeated, its accuracy not): a process's
+    memory layout speeds or slows all its rounds alike, which rounds in one process cannot see."""
+    settings = _worker_settings(ctx)
+    for n in list(timed):
+        fin = _safe(ctx, job, data, timed, n, "finish")
+        if fin is None:
+            continue
+        data[n].setdefault("finish_earlier", []).append(fin)
+        workers[n].close()
+        workers[n] = live[n] = timed[n] = ProcessWorker(n, settings)
+        load = _safe(ctx, job, data, timed, n, "load", job=job)
+        if load is None:
+            live.pop(n, None)
+        else:
+            data[n]["load"]["pids"].append(load["pid"])
 
 
 def _safe(ctx: Ctx, where: dict, data: dict, live: dict, name: str, op: str, **kw):
@@ -184,7 +211,9 @@ def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
                                 f"{job['run_dir']}{' --quantize int8' if cls.precision == 'int8' else ''}`)")
             live.pop(n)
             continue
-        data[n]["load"] = _safe(ctx, job, data, live, n, "load", job=job)
+        data[n]["load"] = load = _safe(ctx, job, data, live, n, "load", job=job)
+        if load is not None:
+            load["pids"] = [load["pid"]]
     for n in list(live):
         data[n]["acc"] = _safe(ctx, job, data, live, n, "accuracy", batch_size=cfg.accuracy_batch_size)
     timed = {n: w for n, w in live.items() if n in ctx.names}
@@ -199,9 +228,15 @@ def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
             if m is not None:
                 data[name]["rounds"].setdefault(f"{scen}|{bs}", []).append(m)
         t0 = time.perf_counter()
-        interleave(timed, cfg.rounds, items, call, lambda r: _log(
-            f"{job['run']}: round {r}/{cfg.rounds} of {', '.join(f'{s} bs{b}' for s, b in items)} "
-            f"({time.perf_counter() - t0:.0f}s)", ctx.dist.rank if ctx.dist.world > 1 else None))
+        fresh = _generations(cfg.rounds, cfg.processes) if ctx.isolated else []
+
+        def after_round(r):
+            _log(f"{job['run']}: round {r}/{cfg.rounds} of {', '.join(f'{s} bs{b}' for s, b in items)} "
+                 f"({time.perf_counter() - t0:.0f}s){'; fresh worker processes' if r in fresh else ''}",
+                 ctx.dist.rank if ctx.dist.world > 1 else None)
+            if r in fresh:
+                _respawn(ctx, job, data, workers, live, timed)
+        interleave(timed, cfg.rounds, items, call, after_round)
 
     items = ([("single-stream", 1)] if "single-stream" in cfg.scenarios else []) + \
         ([("offline", b) for b in cfg.batch_sizes] if "offline" in cfg.scenarios else [])
@@ -218,7 +253,10 @@ def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
                 data[n]["search"] = _safe(ctx, job, data, timed, n, "search", start_rate=s["rate"], bound_ms=s["bound_ms"],
                                           timing=cfg.timing("server", 1), seed=cfg.seed)
     for n in list(live):
-        data[n]["finish"] = _safe(ctx, job, data, live, n, "finish")
+        data[n]["finish"] = fin = _safe(ctx, job, data, live, n, "finish")
+        earlier = [f["peak_rss_mb"] for f in data[n].pop("finish_earlier", []) if f.get("peak_rss_mb") is not None]
+        if fin is not None and earlier and fin.get("peak_rss_mb") is not None:
+            fin["peak_rss_mb"] = max([fin["peak_rss_mb"], *earlier])  # the highest of its processes
     return data
 
 
@@ -280,7 +318,8 @@ def _bench(ctx: Ctx, run_dirs: list[Path], out, argv, omp_policy: str, t_start: 
     doc = {
         "version": records.SCHEMA_VERSION, "env": env, "peak": ctx.peak,
         "config": {**asdict(ctx.cfg), "threads": ctx.threads, "device_resolved": str(ctx.device),
-                   "isolation": "subprocess" if ctx.isolated else "none", "world_size": ctx.dist.world,
+                   "isolation": "subprocess" if ctx.isolated else "none",
+                   "processes_used": ctx.cfg.processes if ctx.isolated else 1, "world_size": ctx.dist.world,
                    "backends_run": [n for n in ctx.names if n not in ctx.skipped],
                    "accuracy_batch_size": ctx.cfg.accuracy_batch_size, "omp_wait_policy": omp_policy,
                    "malloc": retain_freed_memory(),

@@ -63,7 +63,7 @@ class Worker:
             if c is not None:
                 compile_s[str(b)] = c
         path = self.backend.model_file()
-        return {"form": self.backend.form, "compile_s": compile_s,
+        return {"form": self.backend.form, "compile_s": compile_s, "pid": os.getpid(),
                 "model_bytes": trackers.files_size(path) if path else None}
 
     def _inputs(self, b: int) -> dict:
