@@ -15,7 +15,7 @@ RECORD_FIELDS = (
     "early_stopping_ms", "percentile_ok", "queries", "queries_per_round", "duration_s",
     "speedup", "speedup_p50", "flops_per_sample", "gflops_per_s", "pct_of_peak", "peak_rss_mb",
     "torch_in_process", "model_bytes", "model_file", "model_sha256", "export_config_hash", "run_config_hash",
-    "threads", "isolated", "device", "form", "timing_includes_h2d", "h2d_ms", "compile_s",
+    "threads", "isolated", "worker_pids", "device", "form", "timing_includes_h2d", "h2d_ms", "compile_s",
     "dice", "iou", "dice_delta", "max_abs_err", "mean_abs_err", "judge_acc", "accuracy_count",
     "accuracy_subset", "accuracy_pass", "accuracy_gate", "valid", "invalid_reasons", "rank", "world_size",
 )
