@@ -204,15 +204,17 @@ def test_every_timed_process_keeps_freed_memory(bench, monkeypatch):
     from harness.bench.process_env import MALLOC_SETTINGS, retain_freed_memory
 
     doc, _ = bench
-    assert doc["config"]["malloc"] == {"source": "mallopt", **{k: v for k, (_, v) in MALLOC_SETTINGS.items()}}
+    assert doc["config"]["malloc"]["torch workers"] == {"source": "mallopt",
+                                                         **{k: v for k, (_, v) in MALLOC_SETTINGS.items()}}
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
     assert retain_freed_memory() == {"source": "environment", "MALLOC_TRIM_THRESHOLD_": "12345"}
-    # a worker process applies it at start: mallopt accepted every parameter there too
-    code = ("from harness.bench.worker import Worker; "
-            "w = Worker('ort-fp32', {'device': ['cpu', None], 'threads': 1}); print(w.malloc['source'], len(w.malloc))")
+    # a torch worker process applies it at start (mallopt accepted every parameter); an ORT one does not
+    code = ("from harness.bench.worker import Worker; import sys; "
+            "w = Worker(sys.argv[1], {'device': ['cpu', None], 'threads': 1}); print(w.malloc['source'], len(w.malloc))")
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["mallopt", str(1 + len(MALLOC_SETTINGS))]
+    out = [subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, check=True).stdout.split()
+           for name in ("torch-eager", "ort-fp32")]
+    assert out[0] == ["mallopt", str(1 + len(MALLOC_SETTINGS))] and out[1][:2] == ["not", "set"]
 
 
 def test_flops_and_peak(bench, runs):
