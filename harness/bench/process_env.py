@@ -9,9 +9,9 @@ OMP_WAIT_POLICY = "PASSIVE"
 # glibc malloc in torch workers: keep freed memory instead of returning it to the OS. PyTorch's CPU
 # allocator is plain malloc, and each eager forward's large activations (> the mmap threshold) were
 # mmapped and unmapped per call: page faults on every batch. On the 2-vCPU dev VM that made torch eager
-# at batch 8 17% slower and noisier between rounds (sd 5.4% -> 3.4%) than with these settings, and its
-# peak RSS higher (the memory is kept: 817 MB against about 580 on the 32-channel UNet). ONNX Runtime
-# keeps its own arena and gets nothing from it. mallopt(3) parameter numbers and values (bytes):
+# at batch 8 17% slower and noisier between rounds (sd 5.4% -> 3.4%) than with these settings; its peak
+# RSS did not grow (817 MB against 841 before, 32-channel UNet). ONNX Runtime keeps its own arena and
+# gets nothing from it. mallopt(3) parameter numbers and values (bytes):
 MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (-3, 32 << 20),   # glibc's maximum: blocks below 32 MiB come from the heap
                    "M_TRIM_THRESHOLD": (-1, 1 << 30),    # never trim the heap top below 1 GiB free
                    "M_TOP_PAD": (-2, 256 << 20)}         # grow the heap in 256 MiB steps
