@@ -67,7 +67,7 @@ PRESETS: dict[str, Preset] = {
         # the fp32 MNIST judge read 94.7% of real digits after 10 epochs (unfit); 20 epochs: 95.7-97.2% over
         # seeds 0-1 in fp32 and bf16. A CIFAR-10 judge cannot be fit on 850 images; 10 epochs keep it cheap.
         judge_epochs={"mnist": 20, "cifar10": 10},
-        minutes={"bf16": 7.2, "fp32": 11.7},  # docs/results/quick (native bf16), quick-fp32 (SEGVAE_CPU_BF16=0)
+        minutes={"bf16": 7.3, "fp32": 10.8},  # docs/results/quick (native bf16), quick-fp32 (SEGVAE_CPU_BF16=0)
         bench={"batch_sizes": [1, 8], "rounds": 3, "min_queries": 10, "min_duration": 0.3, "warmup": 2,
                "accuracy_samples": 200, "backends": ["torch-eager", "torch-bf16", "ort-fp32", "ort-int8"]},
     ),
