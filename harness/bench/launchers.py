@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
-from harness.bench.worker import Worker
-
 from harness.bench.process_env import omp_env
+from harness.bench.worker import Worker
 
 
 class WorkerError(RuntimeError):
