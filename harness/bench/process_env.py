@@ -1,11 +1,12 @@
-"""Process-wide settings every timed process gets alike: OpenMP's wait policy and glibc malloc's
-retention of freed memory. Both are recorded in bench.json's config."""
+"""Process-wide settings of the timed workers: OpenMP's wait policy (every worker alike) and glibc
+malloc's retention of freed memory (PyTorch workers). Both are recorded in bench.json's config."""
 from __future__ import annotations
 
 import os
 import sys
 
 OMP_WAIT_POLICY = "PASSIVE"
+OMP_DEFAULT = "unset (libgomp's default: spin about 300,000 iterations, then sleep)"
 # glibc malloc in torch workers: keep freed memory instead of returning it to the OS. PyTorch's CPU
 # allocator is plain malloc, and each eager forward's large activations (> the mmap threshold) were
 # mmapped and unmapped per call: page faults on every batch. On the 2-vCPU dev VM that made torch eager
@@ -16,6 +17,7 @@ MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (-3, 32 << 20),   # glibc's maximum: bloc
                    "M_TRIM_THRESHOLD": (-1, 1 << 30),    # never trim the heap top below 1 GiB free
                    "M_TOP_PAD": (-2, 256 << 20)}         # grow the heap in 256 MiB steps
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+ORT_MALLOC = {"source": "not set (ORT's arena)"}
 
 
 def retain_freed_memory() -> dict:
@@ -34,9 +36,6 @@ def retain_freed_memory() -> dict:
         return {"source": "platform default (no mallopt)"}
     applied = {k: v for k, (param, v) in MALLOC_SETTINGS.items() if mallopt(param, v) == 1}
     return {"source": "mallopt", **applied}
-
-
-OMP_DEFAULT = "unset (libgomp's default: spin about 300,000 iterations, then sleep)"
 
 
 def omp_env(wait: str) -> dict:

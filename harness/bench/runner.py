@@ -30,7 +30,7 @@ from harness.bench.backends import REGISTRY
 from harness.bench.backends_ort import onnx_path
 from harness.bench.config import REFERENCE, BenchConfig
 from harness.bench.launchers import Dist, LocalWorker, ProcessWorker, WorkerError, interleave
-from harness.bench.process_env import OMP_DEFAULT, configure_omp, retain_freed_memory
+from harness.bench.process_env import OMP_DEFAULT, ORT_MALLOC, configure_omp, retain_freed_memory
 from harness.errors import UserError
 
 
@@ -322,7 +322,7 @@ def _bench(ctx: Ctx, run_dirs: list[Path], out, argv, omp_policy: str, t_start: 
                    "processes_used": ctx.cfg.processes if ctx.isolated else 1, "world_size": ctx.dist.world,
                    "backends_run": [n for n in ctx.names if n not in ctx.skipped],
                    "accuracy_batch_size": ctx.cfg.accuracy_batch_size, "omp_wait_policy": omp_policy,
-                   "malloc": {"torch workers": retain_freed_memory(), "ort workers": "not set (ORT's arena)"},
+                   "malloc": {"torch workers": retain_freed_memory(), "ort workers": ORT_MALLOC["source"]},
                    "accuracy_samples_used": {j["run"]: j["n"] for j in jobs},
                    "accuracy_subset": {j["run"]: j["subset"] for j in jobs},
                    "accuracy_class_counts": {j["run"]: j["class_counts"] for j in jobs},

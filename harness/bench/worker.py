@@ -26,7 +26,7 @@ from harness.bench import scenarios as sc
 from harness.bench import trackers
 from harness.bench.backends import INPUT_NAMES, REGISTRY
 from harness.bench.device import Device
-from harness.bench.process_env import retain_freed_memory
+from harness.bench.process_env import ORT_MALLOC, retain_freed_memory
 
 
 def _take(arrays, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -38,7 +38,7 @@ class Worker:
         self.name, self.settings, self.rank, self.world, self.dist = name, settings, rank, world, dist
         # torch's CPU allocator is malloc; ONNX Runtime has its own arena, and the setting changed neither
         # its speed (int8 about 110 img/s either way) nor its peak RSS (ort-fp32 383 MB, 373 before)
-        self.malloc = retain_freed_memory() if REGISTRY[name].family == "torch" else {"source": "not set (ORT's arena)"}
+        self.malloc = retain_freed_memory() if REGISTRY[name].family == "torch" else dict(ORT_MALLOC)
         self.device = Device(*settings["device"])
         self.backend, self.job = None, None
         if REGISTRY[name].family == "torch":
@@ -53,8 +53,8 @@ class Worker:
         self._close()
         trackers.reset_peak_rss()
         cls = REGISTRY[self.name]
-        self.backend = cls(opt_level=self.settings["ort_opt_level"],
-                                                              spinning=self.settings.get("wait", "spin") == "spin") if cls.family == "ort" else cls()
+        self.backend = (cls(opt_level=self.settings["ort_opt_level"], spinning=self.settings.get("wait", "spin") == "spin")
+                        if cls.family == "ort" else cls())
         self.job = job
         self.arrays = {k: np.load(Path(job["dir"]) / f"{k}.npy", mmap_mode="r", allow_pickle=False)
                        for k in INPUT_NAMES[job["task"]]}
