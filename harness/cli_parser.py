@@ -210,8 +210,8 @@ def _bench(sub) -> None:
                                     "rank's GPU)")
     b.add_argument("--threads", type=positive_int, help="threads per backend (default: all cores, divided by "
                                                         "the process count)")
-    b.add_argument("--rounds", type=positive_int, help="interleaved rounds per measurement (default: 9, the "
-                                                                   "fewest whose 95%% interval is not [min, max])")
+    b.add_argument("--rounds", type=positive_int, help="interleaved rounds per measurement (default: 12: the "
+                                                                   "interval [x(3), x(10)], 96.1%% coverage)")
     b.add_argument("--min-queries", type=positive_int, help="per round: queries, offline: samples (default: 64)")
     b.add_argument("--min-duration", type=positive_float, help="seconds per round and measurement (default: 0.5)")
     b.add_argument("--warmup", type=nonnegative_int, help="untimed queries before each round (default: 3)")

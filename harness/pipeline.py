@@ -77,7 +77,7 @@ PRESETS: dict[str, Preset] = {
         segmentation={"mixed_precision": "bf16"},
         cvae={"early_stop_patience": None},
         judge_epochs={"mnist": 12}, seeds=(0, 1, 2), cvae_seeds=(0,),  # CIFAR-10: the recipe's 30 (fit)
-        bench={},  # the bench's defaults: 9 interleaved rounds, single-stream and offline batch 8
+        bench={},  # the bench's defaults: 12 interleaved rounds, single-stream and offline batch 8
     ),
     "gpu": Preset(
         "A GPU run with the seed's settings: 64 base channels, 256 px, more epochs, bf16.",

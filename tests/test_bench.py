@@ -434,6 +434,32 @@ def test_torch_compile_cold_and_warm(runs):
     assert not Path(cache).exists()
 
 
+@pytest.mark.slow
+def test_torch_compile_cache_shared_by_fresh_processes(runs, tmp_path):
+    """--processes: the backend's first process compiles cold into the run's cache and leaves it;
+    a later one finds it filled and reports one warm compile, labelled so, with the same outputs."""
+    ok, why = TorchCompile.available(CPU)
+    if not ok:
+        pytest.skip(why)
+    cfg, _ = load_run(runs["cvae"])
+    job = {"run_dir": str(runs["cvae"]), "task": "cvae", "compile_cache": str(tmp_path / "inductor")}
+    from harness.bench.backends import example_inputs
+    x = example_inputs(cfg, 2)
+    first = TorchCompile()
+    first.load(job, 1, CPU)
+    c1 = first.prepare(2)
+    y1 = first(x)
+    first.close()
+    assert c1["cold"] > 0 and "empty" in c1["note"] and any((tmp_path / "inductor").iterdir())
+    later = TorchCompile()
+    later.load(job, 1, CPU)
+    c2 = later.prepare(2)
+    assert set(c2) == {"warm", "note"} and c2["warm"] > 0 and "filled by the backend's first process" in c2["note"]
+    np.testing.assert_allclose(later(x), y1, atol=1e-6)
+    later.close()
+    assert (tmp_path / "inductor").is_dir()  # a given cache is the bench's to remove
+
+
 # ---------------------------------------------------------------------------- 2 processes / in process
 @pytest.mark.slow
 def test_distributed_two_processes(runs, data_root, tmp_path):
@@ -499,8 +525,8 @@ def test_rounds_split_among_fresh_worker_processes(runs, data_root, tmp_path):
     assert _generations(9, 3) == [3, 6] and _generations(9, 1) == [] and _generations(5, 2) == [3]
     with pytest.raises(UserError, match="processes=4: expected at most rounds=3"):
         BenchConfig(processes=4, rounds=3).validate()
-    cfg = BenchConfig(backends=["torch-eager", "ort-fp32"], scenarios=["single-stream"], processes=3,
-                      **{**FAST, "batch_sizes": [1]})
+    cfg = BenchConfig(backends=["torch-eager", "ort-fp32"], scenarios=["single-stream"],
+                      processes=3, **{**FAST, "batch_sizes": [1]})
     doc = run_bench(runs["unet"], cfg, data_root=data_root, out=tmp_path / "b.json")
     assert doc["config"]["processes_used"] == 3
     for r in doc["results"]:

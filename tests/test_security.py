@@ -105,7 +105,8 @@ def pipeline(data_root, tmp_path_factory):
         benv = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **env}
         bench = subprocess.Popen(
             [sys.executable, "-m", "harness", "bench", str(run), "--backends", "torch-eager", "--min-duration", "0.05",
-             "--min-queries", "2", "--batch-sizes", "1", "--data-root", str(data_root), "--out", str(root / "bench.json")],
+             "--min-queries", "2", "--batch-sizes", "1", "--rounds", "3", "--data-root", str(data_root),
+             "--out", str(root / "bench.json")],
             cwd=REPO, env=benv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except ImportError:
         pass

@@ -202,7 +202,7 @@ def test_cli_lineage_training_to_onnx_to_bench(data_root, tmp_path):
     art = next(a for a in of_type(offline_run(run / "onnx" / "wandb")[1], "artifact") if a.type == "model")
     assert json.loads(art.metadata)["training_run"]["wandb_run_id"] == train_id
     cli("bench", run, "--data-root", data_root, "--backends", "ort-fp32", "--scenarios", "single-stream",
-        "--batch-sizes", "1", "--min-duration", "0.05", "--min-queries", "2", "--accuracy-samples", "4",
+        "--batch-sizes", "1", "--min-duration", "0.05", "--min-queries", "2", "--accuracy-samples", "4", "--rounds", "3",
         "--out", tmp_path / "b" / "bench.json", "--log-with", "wandb", env=env)
     folder, recs = offline_run(tmp_path / "b" / "wandb")
     cfg = run_config(recs)

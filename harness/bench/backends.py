@@ -161,8 +161,12 @@ class TorchFP16(TorchEager):
 
 class TorchCompile(TorchEager):
     """torch.compile (inductor, dynamic=False: one graph per batch size). prepare(b) compiles COLD
-    (an empty TORCHINDUCTOR_CACHE_DIR made for this backend) and then WARM (torch._dynamo.reset()
-    and the same call again, the inductor cache now filled); both first-call seconds are returned."""
+    (an empty TORCHINDUCTOR_CACHE_DIR) and then WARM (torch._dynamo.reset() and the same call again,
+    the inductor cache now filled); both first-call seconds are returned.
+
+    job["compile_cache"] (the bench's worker sets it per run and rank) is kept across the backend's
+    fresh worker processes (--processes): the first compiles cold, the later ones load the filled
+    cache (one warm compile, labelled so), which keeps a respawn from costing a cold compile each."""
 
     name, precision = "torch-compile", "fp32"
 
@@ -178,8 +182,12 @@ class TorchCompile(TorchEager):
         import torch
 
         torch._dynamo.reset()  # nothing compiled for an earlier run carries over
-        self._cache = tempfile.mkdtemp(prefix="segvae-inductor-")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = self._cache  # empty: the first compile is cold
+        given = job.get("compile_cache")
+        self._owned = not given
+        self._cache = given or tempfile.mkdtemp(prefix="segvae-inductor-")
+        self._inherited = bool(given) and Path(given).is_dir() and any(Path(given).iterdir())
+        Path(self._cache).mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = self._cache  # empty unless inherited: the first compile is cold
         super().load(job, threads, device)
         self._compiled: dict[int, dict] = {}
         self._compile()
@@ -197,6 +205,10 @@ class TorchCompile(TorchEager):
         return time.perf_counter() - t0
 
     def prepare(self, batch_size):
+        if batch_size not in self._compiled and self._inherited:
+            self._compiled[batch_size] = {"warm": self._first_call(batch_size),
+                                          "note": "warm: a fresh worker process, the cache filled by the "
+                                                  "backend's first process"}
         if batch_size not in self._compiled:
             import torch
 
@@ -216,8 +228,9 @@ class TorchCompile(TorchEager):
 
     def close(self):
         super().close()
-        import shutil
-        shutil.rmtree(self._cache, ignore_errors=True)
+        if getattr(self, "_owned", False):  # a given cache outlives this process (the bench removes its folder)
+            import shutil
+            shutil.rmtree(self._cache, ignore_errors=True)
 
 
 REGISTRY: dict[str, type] = {c.name: c for c in (

@@ -28,8 +28,8 @@ class BenchConfig:
     scenarios: list[str] = field(default_factory=lambda: ["single-stream", "offline"])
     batch_sizes: list[int] = field(default_factory=lambda: [8])  # offline; batch 1 is single-stream's loop
     threads: int | None = None                   # None: os.cpu_count() (divided by world size when distributed)
-    rounds: int = 9                              # interleaved rounds per (run, backend, scenario, batch size);
-                                                 # 9 is the fewest whose interval is not [min, max] (96.1%)
+    rounds: int = 12                             # interleaved rounds per (run, backend, scenario, batch size):
+                                                 # interval [x(3), x(10)], 96.1% (docs/benchmark.md says why 12)
     min_queries: int = 64                        # per round: queries (offline: samples); 64 = LoadGen's p90 minimum
     min_duration: float = 0.5                    # seconds per round and measurement
     warmup: int = 3

@@ -37,9 +37,19 @@ class ProcessWorker:
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def call(self, op: str, **kw):
+        self.send(op, **kw)
+        return self.receive()
+
+    def send(self, op: str, **kw) -> None:
+        """The command alone: several workers can then work at once (untimed work only)."""
         try:
             self.proc.stdin.write(json.dumps([op, kw]) + "\n")
             self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # receive() reports the dead worker
+
+    def receive(self):
+        try:
             line = self.proc.stdout.readline()
         except (BrokenPipeError, OSError):
             line = ""

@@ -172,26 +172,33 @@ def _generations(rounds: int, processes: int) -> list[int]:
 
 def _respawn(ctx: Ctx, job: dict, data: dict, workers: dict, live: dict, timed: dict) -> None:
     """A fresh process for every timed backend (its load repeated, its accuracy not): a process's
-    memory layout speeds or slows all its rounds alike, which rounds in one process cannot see."""
+    memory layout speeds or slows all its rounds alike, which rounds in one process cannot see.
+    Nothing is timed meanwhile, so the new processes start and load at once (torch-compile's from
+    the run's filled inductor cache)."""
     settings = _worker_settings(ctx)
+    fresh = []
     for n in list(timed):
         fin = _safe(ctx, job, data, timed, n, "finish")
-        if fin is None:
-            continue
-        data[n].setdefault("finish_earlier", []).append(fin)
-        workers[n].close()
+        if fin is not None:
+            data[n].setdefault("finish_earlier", []).append(fin)
+            workers[n].close()
+            fresh.append(n)
+    for n in fresh:
         workers[n] = live[n] = timed[n] = ProcessWorker(n, settings)
-        load = _safe(ctx, job, data, timed, n, "load", job=job)
+        timed[n].send("load", job=job)
+    for n in fresh:
+        load = _safe(ctx, job, data, timed, n, "load", sent=True)
         if load is None:
             live.pop(n, None)
         else:
             data[n]["load"]["pids"].append(load["pid"])
 
 
-def _safe(ctx: Ctx, where: dict, data: dict, live: dict, name: str, op: str, **kw):
-    """worker.call, a failure dropping the backend for this run with the reason in `skipped`."""
+def _safe(ctx: Ctx, where: dict, data: dict, live: dict, name: str, op: str, *, sent: bool = False, **kw):
+    """worker.call (sent=True: only the reply to `op`, sent earlier), a failure dropping the backend
+    for this run with the reason in `skipped`."""
     try:
-        return live[name].call(op, **kw)
+        return live[name].receive() if sent else live[name].call(op, **kw)
     except WorkerError as e:
         data[name]["error"] = str(e)
         live.pop(name, None)

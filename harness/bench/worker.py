@@ -55,7 +55,8 @@ class Worker:
         cls = REGISTRY[self.name]
         self.backend = (cls(opt_level=self.settings["ort_opt_level"], spinning=self.settings.get("wait", "spin") == "spin")
                         if cls.family == "ort" else cls())
-        self.job = job
+        # torch.compile's inductor cache: one per run and rank, kept across this backend's fresh processes
+        job = self.job = {**job, "compile_cache": str(Path(job["dir"]) / f"inductor-{self.name}-r{self.rank}")}
         self.arrays = {k: np.load(Path(job["dir"]) / f"{k}.npy", mmap_mode="r", allow_pickle=False)
                        for k in INPUT_NAMES[job["task"]]}
         self.backend.load(job, self.settings["threads"], self.device)
