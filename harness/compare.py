@@ -7,7 +7,10 @@ threshold alone decides, and the output says so. Throughput (samples/s) is compa
 single-stream and offline scenarios, p99 latency for server (its throughput is the offered rate).
 Accuracy, per (experiment, backend): fail when it dropped by more than `max_accuracy_drop`
 (absolute, e.g. Dice 0.80 -> 0.79 is a drop of 0.01). A regression is any "slower" or failed row.
-The result is a Markdown report fit for a pull-request comment.
+When torch eager itself is slower or faster on the same weights (same `model_sha256` in both files),
+every row of that (experiment, scenario, batch size) says so: the machine, its load or the bench
+changed, not only the backend (on the dev VM, one commit benched 15 minutes apart read 12-20% slower
+for every backend). The result is a Markdown report fit for a pull-request comment.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from harness.errors import UserError
 DEFAULT_MAX_SLOWDOWN = 0.05
 DEFAULT_MAX_ACCURACY_DROP = 0.005
 SLOWER, FASTER, SAME = "slower", "faster", "no significant change"
+REFERENCE = "torch-eager"  # harness.bench.config.REFERENCE (not imported: compare stays light)
 METRIC_NAMES = {"samples_per_s": "samples/s", "p50": "p50 ms", "p90": "p90 ms", "p99": "p99 ms"}
 
 
@@ -42,6 +46,7 @@ class Comparison:
     only_old: list[tuple] = field(default_factory=list)
     only_new: list[tuple] = field(default_factory=list)
     intervals: bool = True          # every speed row had intervals on both sides
+    reference_moved: dict = field(default_factory=dict)  # (experiment, scenario, batch) -> eager's (verdict, change, metric)
 
     @property
     def slower(self) -> list[dict]:
@@ -126,7 +131,26 @@ def compare(old_doc: dict, new_doc: dict, max_slowdown: float = DEFAULT_MAX_SLOW
         if k[:2] not in seen_acc:  # accuracy is per (experiment, backend), repeated on its records
             seen_acc.add(k[:2])
             c.accuracy.append({"key": k[:2], **judge_accuracy(old[k], new[k], old_doc, new_doc, max_accuracy_drop)})
+    _mark_reference_moves(c, old, new)
     return c
+
+
+def _mark_reference_moves(c: Comparison, old: dict, new: dict) -> None:
+    """torch eager (the reference) significantly slower or faster on identical weights: note it on
+    every row of its (experiment, scenario, batch size), so a reader does not blame the backend."""
+    for row in c.speed:
+        exp, backend, scen, bs = row["key"]
+        sha = old[row["key"]].get("model_sha256")
+        if backend == REFERENCE and row["verdict"] in (SLOWER, FASTER) and sha and sha == new[row["key"]].get("model_sha256"):
+            c.reference_moved[(exp, scen, bs)] = (row["verdict"], row["change"], row["metric"])
+    for row in c.speed:
+        exp, backend, scen, bs = row["key"]
+        if (exp, scen, bs) in c.reference_moved:
+            verdict, change, metric = c.reference_moved[(exp, scen, bs)]
+            who = "torch-eager itself" if backend == REFERENCE else "torch-eager"
+            said = (f"{who} was {verdict} ({METRIC_NAMES[metric]} {100 * change:+.1f}%) on the same weights: "
+                    "the machine, its load or the bench changed")
+            row["note"] = "; ".join(filter(None, [row["note"], said]))
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -184,6 +208,10 @@ def to_markdown(c: Comparison, old_name: str, new_name: str, max_slowdown: float
         which = "No row" if no_ci == len(c.speed) else f"{no_ci} row(s) (basis \"threshold only\")"
         out[-1] += (f" {which} had intervals on both sides (bench.json schema v1 has none): there the "
                     f"{100 * max_slowdown:g}% threshold alone decides.")
+    if c.reference_moved:
+        out += ["", f"**torch-eager moved on unchanged weights** in {len(c.reference_moved)} configuration(s): the "
+                    f"machine, its load or the bench differ between the files, so those rows' verdicts are not the "
+                    f"backends' alone (their notes say so). Bench both commits back to back on one machine to tell."]
     out += ["", "### Speed", ""]
     out += _table(["experiment", "backend", "scenario", "batch", "metric", "OLD [95% CI]", "NEW [95% CI]",
                    "change", "verdict", "basis / note"], _speed_rows(c))

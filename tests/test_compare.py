@@ -121,6 +121,34 @@ def test_thirty_percent_slower_backend_is_named(tmp_path, capsys, make):
             if r["key"][1] == "ort-int8"} == {FASTER}
 
 
+def test_reference_slower_on_the_same_weights_is_noted(tmp_path, capsys):
+    """Every backend 15% slower (a busier host): still a regression, but every row of a configuration
+    where torch eager itself moved on identical weights says so; new weights say nothing."""
+    def with_sha(doc):
+        for r in doc["results"]:
+            r["model_sha256"] = f"sha-{r['backend']}"
+        return doc
+
+    old, new = with_sha(bench_v2()), with_sha(bench_v2())
+    for b in ("torch-eager", "ort-fp32", "ort-int8"):
+        new = _scaled(new, b, 0.85)
+    c = compare(old, new)
+    assert c.regression and set(c.reference_moved) == {("cvae-mnist", "single-stream", 1)} | {
+        ("unet-mp-tr-bce", s, b) for s, b in (("single-stream", 1), ("offline", 1), ("offline", 8), ("server", 1))}
+    row = next(r for r in c.speed if r["key"] == ("unet-mp-tr-bce", "ort-int8", "offline", 8))
+    assert row["verdict"] == SLOWER and row["note"] == ("torch-eager was slower (samples/s -15.0%) on the same weights: "
+                                                        "the machine, its load or the bench changed")
+    server = next(r for r in c.speed if r["key"] == ("unet-mp-tr-bce", "ort-fp32", "server", 1))
+    assert "torch-eager was slower (p99 ms +17.6%)" in server["note"]
+    p_old, p_new = _write(tmp_path, "old.json", old), _write(tmp_path, "new.json", new)
+    assert main(["compare", str(p_old), str(p_new)]) == 1
+    assert "**torch-eager moved on unchanged weights** in 5 configuration(s)" in capsys.readouterr().out
+    assert compare(old, _scaled(old, "ort-int8", 0.7)).reference_moved == {}  # only int8 slower: its own verdict
+    for r in new["results"]:  # retrained weights: eager's change is the model's, nothing to note
+        r["model_sha256"] = "retrained"
+    assert compare(old, new).reference_moved == {}
+
+
 def test_overlapping_intervals_are_no_significant_change():
     new = _scaled(bench_v2(), "ort-fp32", 0.93)  # 7% lower, but with intervals 30% wide they overlap
     for r in new["results"]:
