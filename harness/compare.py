@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import bench_fields as bf
+from harness.bench.config import REFERENCE
 from harness.errors import UserError
 
 DEFAULT_MAX_SLOWDOWN = 0.05
 DEFAULT_MAX_ACCURACY_DROP = 0.005
 SLOWER, FASTER, SAME = "slower", "faster", "no significant change"
-REFERENCE = "torch-eager"  # harness.bench.config.REFERENCE (not imported: compare stays light)
 METRIC_NAMES = {"samples_per_s": "samples/s", "p50": "p50 ms", "p90": "p90 ms", "p99": "p99 ms"}
 
 
