@@ -82,11 +82,13 @@ class ListReader(_reader_base()):
 
 
 def quantize_int8(fp32_path, out_path, calib_batches: Iterable[Mapping[str, np.ndarray]],
-                  per_channel: bool = True, metadata: Mapping[str, str] | None = None) -> QuantResult:
+                  per_channel: bool = True, metadata: Mapping[str, str] | None = None,
+                  reduce_range: bool = False) -> QuantResult:
     """Static QDQ int8 (U8 activations, S8 per-channel weights) of fp32_path into out_path.
 
     calib_batches: feed dicts of REAL inputs (e.g. 128 training images in batches). The fp32
     model's metadata_props are copied, updated with `metadata` (e.g. precision=int8).
+    reduce_range: 7-bit weights, ONNX Runtime's remedy for U8S8 saturation on CPUs without VNNI.
     Returns the path and the op types that still compute in float once ORT has fused the Q/DQ pairs.
     """
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
@@ -97,6 +99,7 @@ def quantize_int8(fp32_path, out_path, calib_batches: Iterable[Mapping[str, np.n
     if reader.count == 0:
         raise UserError("int8 quantization needs calibration inputs (got none)")
     settings = {"format": "QDQ", "per_channel": per_channel, "activations": "QUInt8", "weights": "QInt8",
+                "reduce_range": reduce_range,
                 "calibration": "MinMax", "pre_process": "quant_pre_process(skip_symbolic_shape=True)"}
     with _in_tempdir() as tmp:
         pre = tmp / "pre.onnx"
@@ -108,6 +111,7 @@ def quantize_int8(fp32_path, out_path, calib_batches: Iterable[Mapping[str, np.n
             pre = fp32_path
         q = tmp / "q.onnx"
         quantize_static(str(pre), str(q), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        reduce_range=reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         model = onnx.load(str(q))

@@ -79,7 +79,8 @@ def _export(a) -> int:
     export_run(a.run_dir, out_dir=a.out, quantize=a.quantize, calib_count=a.calib_count,
                data_root=a.data_root, tolerance=a.tolerance, threads=a.threads,
                fold_batchnorm=not a.no_fold_batchnorm, int8_pixel_shuffle_up=not a.keep_convtranspose,
-               fp16=a.fp16, fp16_tolerance=a.fp16_tolerance, accuracy_target=a.accuracy_target, strict=a.strict)
+               fp16=a.fp16, fp16_tolerance=a.fp16_tolerance, accuracy_target=a.accuracy_target, strict=a.strict,
+               reduce_range=a.reduce_range)
     _log_results(a)
     return 0
 
@@ -97,7 +98,8 @@ def _bench(a) -> int:
 
     fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "device", "threads", "rounds",
                                          "min_queries", "min_duration", "mlperf", "server_qps", "latency_bound_ms",
-                                         "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level", "warmup", "wait", "processes")}
+                                         "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level", "warmup", "wait", "processes", "peak_budget_s",
+                                         "peak_file")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
     judge_fn = load_judges(a.judges) if a.judges else None
     run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv, judge_fn=judge_fn)
@@ -122,7 +124,8 @@ def _run(a) -> int:
     from harness.pipeline import run_pipeline
 
     run_pipeline(preset=a.preset, data_root=a.data_root, experiments=a.experiments, seeds=a.seeds,
-                 out_dir=a.out, log_with=a.log_with, retrain=a.retrain)
+                 out_dir=a.out, log_with=a.log_with, retrain=a.retrain, dry_run=a.dry_run,
+                 full_epochs=a.full_epochs)
     return 0
 
 

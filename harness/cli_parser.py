@@ -178,6 +178,9 @@ def _export(sub) -> None:
                         "0.02 (default: 0.99, MLPerf; 0.999 strict)")
     e.add_argument("--strict", action="store_true",
                    help="refuse to write an int8 graph that fails the gate (default: write it, marked FAIL)")
+    e.add_argument("--reduce-range", choices=["auto", "on", "off"], default="auto",
+                   help="7-bit int8 weights, ONNX Runtime's remedy for U8S8 saturation; auto: on for CPUs "
+                        "without VNNI, off with it (default: auto; recorded in export.json)")
     e.add_argument("--threads", type=positive_int, help="ONNX Runtime threads for the checks (default: all cores)")
     e.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
                    help="wandb: log the ONNX files + export.json as a model artifact naming the training run "
@@ -201,7 +204,8 @@ def _bench(sub) -> None:
     b.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="exported run folders (RUN_DIR/onnx must be current)")
     b.add_argument("--data-root", help="data for the accuracy pass (default: the data each run recorded)")
     b.add_argument("--backends", type=csv, help="comma list, e.g. torch-eager,ort-int8 (default: all available "
-                                                "on the device)")
+                                                "on the device, less those whose precision it only emulates, "
+                                                "e.g. torch-bf16 on a CPU without AVX512-BF16/AMX)")
     b.add_argument("--scenarios", type=csv, help="comma list of single-stream, offline, server "
                                                  "(default: single-stream,offline)")
     b.add_argument("--batch-sizes", type=csv_ints, help="offline batch sizes, comma list (default: 8; batch 1 "
@@ -237,6 +241,11 @@ def _bench(sub) -> None:
     b.add_argument("--wait", choices=["spin", "passive"],
                    help="how idle threads wait: spin (libgomp's and ONNX Runtime's defaults) or passive "
                         "(OMP_WAIT_POLICY=PASSIVE, ORT spinning off: for a machine other processes share; default: spin)")
+    b.add_argument("--peak-budget-s", type=positive_float,
+                   help="seconds the matmul peak probe may take; it sizes itself and skips precisions this "
+                        "machine only emulates (default: 15)")
+    b.add_argument("--peak-file", help="reuse the probe stored here when it was measured on this machine at the "
+                                       "same threads, else probe and store it (segvae run probes once)")
     b.add_argument("--out", default="bench.json", help="results file (default: bench.json)")
     b.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
                    help="wandb: log the results table, throughput/latency charts and env, linked to the export "
@@ -286,6 +295,12 @@ def _run(sub) -> None:
     run.add_argument("--retrain", action="store_true",
                      help="train every run and judge again (default: reuse finished runs and judges in --out whose "
                           "settings are unchanged, resume interrupted runs)")
+    run.add_argument("--full-epochs", action="store_true",
+                     help="keep the preset's UNet epochs even where this machine is too slow for the preset's time "
+                          "budget (quick: 11 minutes; default: train the UNets fewer epochs there, and say so)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (each stage's command), what it leaves out on this machine and the "
+                          "estimate from a few seconds of calibration here, then stop")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -412,6 +412,28 @@ def data_fingerprint(dataset: str, root: str | os.PathLike) -> dict:
 
 
 # ---------------------------------------------------------------------------- splits
+def split_sizes(cfg: "ExperimentConfig", data_root=None) -> dict[str, int]:
+    """{"train", "val", "test"} item counts as build_splits would make them, read from the split
+    lists, IDX headers and folder listings without decoding an image (for `segvae run`'s estimate)."""
+    root = resolve_data_root(data_root)
+    if cfg.dataset == "pets":
+        full, test = (len(_pet_files(root, s, download=False)[0]) for s in ("trainval", "test"))
+    elif cfg.dataset == "mnist":
+        raw = root / "MNIST" / "raw"
+        full, test = (int.from_bytes((raw / f"{s}-images-idx3-ubyte").read_bytes()[4:8], "big") for s in ("train", "t10k"))
+    elif cfg.dataset == "cifar10":
+        png = root / "cifar10-png"
+        if png.is_dir():
+            full, test = (sum(1 for _ in (png / s).glob("*/*.png")) for s in ("train", "test"))
+        else:
+            full, test = 50000, 10000  # torchvision's pickled batches hold the whole data set
+    else:
+        raise UserError(f"unknown dataset {cfg.dataset!r}: expected one of pets, mnist, cifar10")
+    val = round(cfg.val_fraction * full)
+    train = full - val if cfg.max_train_samples is None else min(full - val, int(cfg.max_train_samples))
+    return {"train": train, "val": val, "test": test}
+
+
 def _split_indices(n: int, fraction: float, seed: int, max_train: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded permutation: the first round(fraction*n) go to val; the train part is truncated after."""
     n_val = round(fraction * n)

@@ -24,6 +24,7 @@ from exports.accuracy_gate import DEFAULT_TARGET, accuracy_gate
 from exports.onnx_export import (FP16_TOLERANCE, OPSET, REWRITES, GraphSpec, build_metadata, cpu_session,
                                  export_checked, fp16_checked, graph_specs, parity_checks)
 from harness.errors import UserError
+from harness.hardware import machine
 from harness.export_data import ExportData, dataset_info, inputs_for, seg_batch, seg_eval_set
 from harness.io import atomic_write_json
 
@@ -46,8 +47,11 @@ class ExportSettings:
     fp16_tolerance: float = FP16_TOLERANCE
     accuracy_target: float = DEFAULT_TARGET
     strict: bool = False
+    reduce_range: str = "auto"      # 7-bit int8 weights: auto (on CPUs without VNNI) | on | off
 
     def validate(self) -> None:
+        if self.reduce_range not in REDUCE_RANGE:
+            raise UserError(f"invalid reduce_range={self.reduce_range!r}: expected one of {', '.join(REDUCE_RANGE)}")
         if self.quantize not in (None, "int8"):
             raise UserError(f"invalid quantize={self.quantize!r}: expected 'int8' or None")
         for name in ("tolerance", "fp16_tolerance"):
@@ -62,7 +66,7 @@ class ExportSettings:
 def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, data_root=None,
                tolerance: float = 1e-4, threads: int | None = None, fold_batchnorm: bool = True,
                int8_pixel_shuffle_up: bool = True, fp16: bool = False, fp16_tolerance: float = FP16_TOLERANCE,
-               accuracy_target: float = DEFAULT_TARGET, strict: bool = False) -> dict:
+               accuracy_target: float = DEFAULT_TARGET, strict: bool = False, reduce_range: str = "auto") -> dict:
     """Export run_dir (config.json + model.safetensors) to ONNX in out_dir (default run_dir/onnx).
 
     Checks parity with PyTorch on held-out data at batch 1 and 7 on ORT's CPU provider (UserError
@@ -77,7 +81,8 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     """
     from harness.run_folder import data_root_for, load_run
 
-    settings = ExportSettings(quantize, calib_count, tolerance, threads, fp16, fp16_tolerance, accuracy_target, strict)
+    settings = ExportSettings(quantize, calib_count, tolerance, threads, fp16, fp16_tolerance, accuracy_target, strict,
+                              reduce_range)
     settings.validate()
     run_dir = Path(run_dir)
     cfg, model = load_run(run_dir)
@@ -161,6 +166,24 @@ def _export_into(cfg, specs: list[GraphSpec], tmp: Path, data: ExportData, setti
 
 
 # ---------------------------------------------------------------------------- int8 and its gate
+REDUCE_RANGE = ("auto", "on", "off")
+
+
+def int8_isa(host, reduce_range: str = "auto") -> dict:
+    """The int8 settings for the CPU that exports (and gates) the graph, recorded in export.json.
+
+    ONNX Runtime's guidance for its U8S8 kernels: on AVX2/AVX-512 CPUs without VNNI, VPMADDUBSW adds
+    pairs of u8 x s8 products into saturating int16; if accuracy drops, quantize weights to 7 bits
+    (reduce_range) or use U8U8. With VNNI the products accumulate in int32 and full range is safe.
+    auto: reduce_range where VNNI is absent."""
+    vnni = any(f in host.cpu_flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    on = (not vnni) if reduce_range == "auto" else reduce_range == "on"
+    why = ("asked" if reduce_range != "auto" else
+           "VNNI: int32 accumulation, full 8-bit weights" if vnni else
+           "no VNNI: ORT's U8S8 AVX2 kernels sum pairs in saturating int16, so weights use 7 bits")
+    return {"reduce_range": on, "why": why, "vnni": vnni, "cpu_model": host.cpu_model, "cpu_flags": host.cpu_flags}
+
+
 def _int8(cfg, spec: GraphSpec, fp32_path: Path, out_path: Path, data: ExportData,
           settings: ExportSettings) -> tuple[dict[str, Any], dict]:
     """Quantize fp32_path into out_path on training images; (its export.json entry, its accuracy gate)."""
@@ -176,11 +199,13 @@ def _int8(cfg, spec: GraphSpec, fp32_path: Path, out_path: Path, data: ExportDat
         print(f"  WARNING: calibrating int8 on RANDOM inputs: training data unavailable ({data.error})")
     bs = 16
     batches = [{k: v[i:i + bs].numpy() for k, v in calib.items()} for i in range(0, n, bs)]
-    q = quantize_int8(fp32_path, out_path, batches, per_channel=True,
+    isa = int8_isa(machine(with_gpu=False), settings.reduce_range)
+    print(f"  int8 for this CPU: reduce_range {'on' if isa['reduce_range'] else 'off'} ({isa['why']})")
+    q = quantize_int8(fp32_path, out_path, batches, per_channel=True, reduce_range=isa["reduce_range"],
                       metadata={"precision": "int8", "quantization": json.dumps(
                           {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
                            "calibration": f"MinMax on {n} {calib_source} images"})})
-    result: dict[str, Any] = {"file": out_path.name, "from": fp32_path.name, "calibration_count": n,
+    result: dict[str, Any] = {"file": out_path.name, "from": fp32_path.name, "calibration_count": n, "isa": isa,
                               "calibration_source": calib_source, "settings": q.settings,
                               "fp32_ops": q.fp32_ops, "int8_ops": q.int8_ops}
     fp32, int8 = cpu_session(fp32_path, settings.threads), cpu_session(out_path, settings.threads)

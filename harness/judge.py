@@ -29,6 +29,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from harness.errors import UserError
+from harness.hardware import cpu_has_native_bf16
 
 WEIGHTS_FILE = "judge.safetensors"
 META_FILE = "judge.json"
@@ -163,8 +164,6 @@ def resolve_judge_precision(precision: str = "auto") -> str:
         raise UserError(f"invalid judge precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    from harness.train import cpu_has_native_bf16
-
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 

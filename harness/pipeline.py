@@ -18,6 +18,7 @@ trains everything again.
 """
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import subprocess
@@ -28,9 +29,12 @@ from pathlib import Path
 
 from harness.config import EXPERIMENTS, ExperimentConfig, get_experiment
 from harness.errors import UserError
+from harness.estimate import estimate
+from harness.hardware import machine
 from harness.io import atomic_write_json
 
 PIPELINE_FILE = "pipeline.json"
+PEAK_FILE = "peak.json"
 BENCH_FILE = "bench.json"
 JUDGES_DIR = "judges"
 CONFIGS_DIR = "configs"
@@ -50,7 +54,7 @@ class Preset:
     judge_epochs: dict = field(default_factory=dict)    # dataset -> epochs; absent: the judge recipe's
     export: dict = field(default_factory=lambda: {"quantize": "int8"})  # `segvae export` flags
     bench: dict = field(default_factory=dict)           # `segvae bench` flags (BenchConfig fields)
-    minutes: dict = field(default_factory=dict)         # measured wall minutes: {"bf16": ..., "fp32": ...}
+    minutes_budget: float | None = None                 # fit a slower machine by training the UNets fewer epochs
 
 
 PRESETS: dict[str, Preset] = {
@@ -67,9 +71,11 @@ PRESETS: dict[str, Preset] = {
         # the fp32 MNIST judge read 94.7% of real digits after 10 epochs (unfit); 20 epochs: 95.7-97.2% over
         # seeds 0-1 in fp32 and bf16. A CIFAR-10 judge cannot be fit on 850 images; 10 epochs keep it cheap.
         judge_epochs={"mnist": 20, "cifar10": 10},
-        minutes={"bf16": 7.3, "fp32": 10.8},  # docs/results/quick (native bf16), quick-fp32 (SEGVAE_CPU_BF16=0)
         bench={"batch_sizes": [1, 8], "rounds": 3, "min_queries": 10, "min_duration": 0.3, "warmup": 2,
                "accuracy_samples": 200, "backends": ["torch-eager", "torch-bf16", "ort-fp32", "ort-int8"]},
+        # README's first command must stay a quick look on any CPU: where the estimate exceeds this, the
+        # UNets train fewer epochs (the CVAEs keep theirs: fewer let the MNIST CVAE collapse to templates)
+        minutes_budget=11.0,
     ),
     "cpu": Preset(
         "A thorough CPU run on ../shared/data (a 3-breed Oxford-IIIT Pet subset, 8,000 + 8,000 MNIST and "
@@ -198,18 +204,22 @@ class Plan:
     out: Path
     experiments: list[str]
     seeds: dict[str, list[int]]
+    unet_epochs: int | None = None  # fewer than the preset's, to fit its minutes_budget on this machine
     runs: list[tuple[ExperimentConfig, Path, list[str]]] = field(default_factory=list)  # cfg, run, argv
     primary: list[Path] = field(default_factory=list)      # the first seed's run of each experiment
     judges: list[list[str]] = field(default_factory=list)
     exports: list[list[str]] = field(default_factory=list)
     bench: list[str] = field(default_factory=list)
     report: list[str] = field(default_factory=list)
+    bench_settings: dict = field(default_factory=dict)     # the preset's bench settings fit to this machine
+    left_out: dict = field(default_factory=dict)           # backend -> why the preset's bench leaves it out here
 
     def all_argv(self) -> list[list[str]]:
         return [a for _, _, a in self.runs] + self.judges + self.exports + [self.bench, self.report]
 
 
-def make_plan(preset: str, data_root, experiments, seeds, out_dir, log_with: str, retrain: bool) -> Plan:
+def make_plan(preset: str, data_root, experiments, seeds, out_dir, log_with: str, retrain: bool,
+              unet_epochs: int | None = None) -> Plan:
     from harness.data import resolve_data_root
 
     if preset not in PRESETS:
@@ -221,11 +231,13 @@ def make_plan(preset: str, data_root, experiments, seeds, out_dir, log_with: str
     override = tuple(seeds) if seeds else None
     root = resolve_data_root(data_root).absolute() if data_root is not None else None
     plan = Plan(preset, p, root, Path(out_dir), experiments,
-                {task: list(task_seeds(p, task, override)) for task in ("segmentation", "cvae")})
+                {task: list(task_seeds(p, task, override)) for task in ("segmentation", "cvae")}, unet_epochs=unet_epochs)
     for name in experiments:
         own = tuple(plan.seeds[get_experiment(name).task])
         for seed in own:
             cfg = preset_config(name, p, seed)
+            if unet_epochs and cfg.task == "segmentation":
+                cfg = cfg.replace(epochs=unet_epochs)
             run = plan.out / run_dir_name(name, seed, own)
             cfg_path = plan.out / CONFIGS_DIR / f"{run.name}.json"
             plan.runs.append((cfg, run, train_argv(name, cfg_path, plan.root, run, log_with)))
@@ -238,12 +250,25 @@ def make_plan(preset: str, data_root, experiments, seeds, out_dir, log_with: str
     plan.judges = [judge_argv(ds, plan.root, plan.out / JUDGES_DIR / ds, p.judge_epochs.get(ds), runs, retrain)
                    for ds, runs in datasets.items()]
     plan.exports = [export_argv(run, plan.root, p.export) for run in plan.primary]
-    plan.bench = bench_argv(plan.primary, plan.root, plan.out / BENCH_FILE, p.bench,
+    plan.bench_settings, plan.left_out = bench_for_machine(p.bench, machine(with_gpu=False))
+    plan.bench = bench_argv(plan.primary, plan.root, plan.out / BENCH_FILE,
+                            {**plan.bench_settings, "peak_file": plan.out / PEAK_FILE},
                             plan.out / JUDGES_DIR if datasets else None)
     plan.report = report_argv(plan.out)
     for argv in plan.all_argv():
         check_argv(argv)
     return plan
+
+
+def bench_for_machine(bench: dict, host) -> tuple[dict, dict]:
+    """The preset's bench settings with the backends this machine only emulates left out (their
+    precision 60-500x slower than fp32 here): (settings, {backend: why})."""
+    from harness.bench.runner import default_backends
+
+    if bench.get("backends") is None:
+        return dict(bench), {}  # the bench's own default leaves them out and says so
+    keep, left_out = default_backends(host, "cpu", list(bench["backends"]))
+    return {**bench, "backends": keep}, left_out
 
 
 def _train_stage(plan: Plan, retrain: bool, ran: list[list[str]], reused: list[str]) -> None:
@@ -264,14 +289,33 @@ def _train_stage(plan: Plan, retrain: bool, ran: list[list[str]], reused: list[s
 
 
 def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=None, out_dir="runs",
-                 log_with: str = "none", retrain: bool = False) -> dict:
+                 log_with: str = "none", retrain: bool = False, dry_run: bool = False,
+                 full_epochs: bool = False) -> dict:
     plan = make_plan(preset, data_root, experiments, seeds, out_dir, log_with, retrain)
-    plan.out.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        plan.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"segvae run: preset {preset!r} ({plan.p.description})\n  data {plan.root or 'the embedded sample'}"
           f"\n  experiments "
           f"{plan.experiments}, seeds {plan.seeds}\n  outputs under {plan.out.resolve()}", flush=True)
-    print(estimate_line(plan), flush=True)
+    for name, why in plan.left_out.items():
+        print(f"  bench: leaving out {name}: {why}; to bench it anyway: segvae bench RUN... --backends "
+              f"{','.join([*plan.bench_settings.get('backends', []), name])}", flush=True)
+    costs: dict = {}
+    est = estimate_plan(plan, retrain, costs)
+    fitted = fit_unet_epochs(plan, est) if not full_epochs else None
+    if fitted:
+        full = est
+        plan = make_plan(preset, data_root, experiments, seeds, out_dir, log_with, retrain, unet_epochs=fitted)
+        est = estimate_plan(plan, retrain, costs)
+        print(f"  fitting the {preset!r} preset's {plan.p.minutes_budget:.0f}-minute budget on this machine: the UNets "
+              f"train {fitted} epochs instead of {_preset_unet_epochs(plan)} (estimate at the preset's epochs: "
+              f"{full.total_s / 60:.0f} min; --full-epochs keeps them)", flush=True)
+    print(est.line(), flush=True)
+    if dry_run:
+        print("dry run: the stages would run these commands:\n" + "\n".join(f"  {shlex.join(map(str, a[3:]))}"
+                                                                           for a in plan.all_argv()), flush=True)
+        return {"out": plan.out, "estimate": est, "plan": plan}
     ran: list[list[str]] = []
     reused: list[str] = []
     stage_seconds: dict[str, float] = {}
@@ -291,7 +335,9 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
         "experiments": plan.experiments, "seeds": plan.seeds, "reused_runs": reused,
         "commands": ([shlex.join(run_argv)] if run_argv else []) + [shlex.join(a) for a in ran],
         "argv": ([run_argv] if run_argv else []) + ran,
-        "wall_seconds": time.perf_counter() - t0, "stage_seconds": stage_seconds})
+        "wall_seconds": time.perf_counter() - t0, "stage_seconds": stage_seconds,
+        "estimate": {"stage_seconds": est.stages, "calibration_seconds": est.calibration_s},
+        "bench_left_out": plan.left_out, "unet_epochs_fitted": plan.unet_epochs, "machine": machine().as_dict()})
     _child(plan.report, "[report]")
     wall = time.perf_counter() - t0
     html = (plan.out / "report.html").resolve()
@@ -299,17 +345,38 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
     return {"out": plan.out, "wall_seconds": wall, "html": html, "md": (plan.out / "report.md").resolve()}
 
 
-def estimate_line(plan: Plan) -> str:
-    """What the preset took when it was measured, on this kind of CPU (native bf16 or not)."""
-    from harness.train import cpu_has_native_bf16
+MIN_FIT_EPOCHS = 8
 
-    kind = "bf16" if cpu_has_native_bf16() else "fp32"
-    what = "a CPU with native bf16" if kind == "bf16" else "a CPU without native bf16"
-    minutes = plan.p.minutes.get(kind)
-    if minutes is None or plan.experiments != list(EXPERIMENTS):
-        return f"  estimate: none measured for this preset and selection on {what}"
-    return (f"  estimate: about {minutes:.0f} min on 2 cores of {what} (measured; reused runs make it "
-            f"shorter, more cores faster)")
+
+def _preset_unet_epochs(plan: Plan) -> int:
+    return int(plan.p.segmentation.get("epochs") or get_experiment("unet-mp-tr-bce").epochs)
+
+
+def fit_unet_epochs(plan: Plan, est) -> int | None:
+    """UNet epochs that bring the estimate within the preset's minutes_budget (at least MIN_FIT_EPOCHS),
+    or None when it fits already (or the preset has no budget, or trains no UNet)."""
+    budget = plan.p.minutes_budget
+    unet_s = est.per_task.get("segmentation", 0.0)
+    if not budget or unet_s <= 0 or est.total_s <= budget * 60:
+        return None
+    epochs = _preset_unet_epochs(plan)
+    room = budget * 60 - (est.total_s - unet_s)
+    fitted = max(MIN_FIT_EPOCHS, math.floor(epochs * room / unet_s))
+    return fitted if fitted < epochs else None
+
+
+def estimate_plan(plan: Plan, retrain: bool, costs: dict | None = None):
+    """harness.estimate on what this plan will really do: runs not yet finished, judges not current."""
+    from harness.judge import judge_is_current, judge_settings
+
+    runs = [(cfg, run in plan.primary, retrain or run_state(run, cfg) != "finished") for cfg, run, _ in plan.runs]
+    judges = []
+    for argv in plan.judges:
+        ds = argv[argv.index("judge") + 1]
+        epochs = plan.p.judge_epochs.get(ds)
+        if retrain or not judge_is_current(plan.out / JUDGES_DIR / ds, judge_settings(ds, plan.root, epochs)):
+            judges.append((ds, epochs))
+    return estimate(runs, judges, plan.root, plan.p.export, plan.bench_settings, costs)
 
 
 def _stage_done(stage: str, t: float, t0: float) -> float:

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.config import ExperimentConfig
 from harness.errors import UserError
+from harness.hardware import machine
 from harness.io import atomic_write, atomic_write_json, read_json
 
 CONFIG_FILE = "config.json"
@@ -109,6 +110,7 @@ def record_run(out_dir: str | os.PathLike, cfg: ExperimentConfig, data_root, arg
         "data_root": EMBEDDED if data_root is None else str(Path(data_root).expanduser().absolute()),
         "data_fingerprint": data_fingerprint(cfg.dataset, root),
         "provenance": provenance(sys.argv if argv is None else argv),
+        "machine": machine().as_dict(),
         "created_unix": time.time(),
     })
 

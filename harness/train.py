@@ -21,6 +21,7 @@ from harness.run_folder import (METRICS_FILE, WEIGHTS_FILE, load_weights_into, r
                                 save_config, save_weights)
 from harness.config import ExperimentConfig
 from harness.errors import UserError
+from harness.hardware import cpu_has_native_bf16
 from harness.io import atomic_write_json, read_json
 from harness.metrics import cvae_metrics, cvae_stats, seg_metrics, seg_stats
 from harness.multinode import check_shared_out_dir
@@ -167,16 +168,6 @@ def resolve_precision(requested: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "no"
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX. SEGVAE_CPU_BF16=0 (or 1) overrides the probe, so one machine can time what
-    `auto` does on the other kind of CPU; metrics.json records the precision a run used either way."""
-    forced = os.environ.get("SEGVAE_CPU_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    return any(getattr(torch.cpu, probe, lambda: False)()
-               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, download: bool = False,

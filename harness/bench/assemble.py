@@ -8,6 +8,7 @@ from typing import Mapping
 from harness.bench import accuracy, records
 from harness.bench.backends import REGISTRY
 from harness.bench.config import REFERENCE
+from harness.hardware import NATIVE, backend_status
 
 
 def _judge_for(judge_fn, job: dict):
@@ -19,14 +20,20 @@ def _judge_for(judge_fn, job: dict):
 
 
 def _peak_for(ctx, name: str) -> float | None:
+    """The probe's peak for the backend's precision, only where that precision is native here: a
+    "% of peak" against an emulated peak (11,253% for ORT int8 on an AVX2-only CPU) says nothing."""
     cls = REGISTRY[name]
     if getattr(cls, "gpu", False) or ctx.device.kind != "cpu" or ctx.peak is None:
         return None  # a CPU matmul probe says nothing about a GPU
-    return (ctx.peak.get(cls.precision) or {}).get("gflops_per_s")
+    if backend_status(ctx.host, cls, ctx.device.kind)[0] != NATIVE:
+        return None
+    entry = ctx.peak.get(cls.precision) or {}
+    return entry.get("gflops_per_s") if entry.get("status", NATIVE) == NATIVE else None
 
 
 def _base(ctx, job: dict, name: str, ranks: list[dict], acc: dict, gate: dict) -> dict:
     cls = REGISTRY[name]
+    status, why = backend_status(ctx.host, cls, ctx.device.kind)
     load = ranks[0]["load"]
     if cls.family == "ort":
         f = job["onnx"][cls.precision]
@@ -39,7 +46,8 @@ def _base(ctx, job: dict, name: str, ranks: list[dict], acc: dict, gate: dict) -
     finish = [r["finish"] for r in ranks]
     return {
         "run": job["run"], "experiment": job["experiment"], "task": job["task"], "backend": name,
-        "precision": cls.precision, "flops_per_sample": job["flops_per_sample"],
+        "precision": cls.precision, "precision_status": status, "precision_why": why,
+        "flops_per_sample": job["flops_per_sample"],
         "peak_rss_mb": finish[0]["peak_rss_mb"], "torch_in_process": finish[0]["torch_imported"],
         "model_bytes": load["model_bytes"], "model_file": model_file, "model_sha256": sha,
         "export_config_hash": job["export_config_hash"] if cls.family == "ort" else None,

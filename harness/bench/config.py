@@ -41,8 +41,10 @@ class BenchConfig:
     isolate: bool = True                         # one persistent worker process per backend
     device: str = "auto"                         # auto | cpu | cuda | cuda:N
     mlperf: bool = False                         # LoadGen's full durations and minimum counts
-    peak_size: int = 2048                        # matmul probe size
+    peak_size: int = 2048                        # matmul probe: largest n (it sizes itself up to this)
     peak_reps: int = 5
+    peak_budget_s: float = 15.0                  # the probe's whole time on any machine (emulated precisions untimed)
+    peak_file: str | None = None                 # reuse (or write) the probe's result: `segvae run` probes once
     seed: int = 0                                # accuracy subset, label-swap inputs, server arrivals
     ort_opt_level: str = "all"                   # ONNX Runtime graph optimization: all|extended|basic|disable
     processes: int = 1                           # fresh worker processes per backend, rounds split among them
@@ -65,7 +67,7 @@ class BenchConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "warmup" else 1):
                 raise UserError(f"invalid {name}={v!r}: expected a {'non-negative' if name == 'warmup' else 'positive'} integer")
-        for name in ("min_duration", "server_qps", "latency_bound_ms"):
+        for name in ("min_duration", "server_qps", "latency_bound_ms", "peak_budget_s"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and 0 < v < math.inf):
                 raise UserError(f"invalid {name}={v!r}: expected a positive finite number")

@@ -9,7 +9,8 @@ from harness.bench.scenarios import LATENCY_KEYS, latency_stats
 
 SCHEMA_VERSION = 2
 RECORD_FIELDS = (
-    "run", "experiment", "task", "backend", "precision", "scenario", "batch_size", "rounds",
+    "run", "experiment", "task", "backend", "precision", "precision_status", "precision_why", "scenario",
+    "batch_size", "rounds",
     "samples_per_s", "samples_per_s_ci", "ci_coverage", "rounds_samples_per_s", "rounds_p50_ms",
     "latency_ms", "latency_ms_ci", "latency_pooled_ms",
     "early_stopping_ms", "percentile_ok", "queries", "queries_per_round", "duration_s",
@@ -149,13 +150,14 @@ def verdict_text(r: dict) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    cols = [("run", 16), ("backend", 19), ("scenario", 13), ("bs", 3), ("rank", 4), ("samples/s [95% CI]", 22),
+    cols = [("run", 16), ("backend", 30), ("scenario", 13), ("bs", 3), ("rank", 4), ("samples/s [95% CI]", 22),
             ("vs eager", 15), ("p50 ms", 20), ("p90 ms", 9), ("q/round", 7), ("accuracy", 32), ("verdict", 0)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in cols).rstrip()]
     for r in records:
         lat = r["latency_ms"] or {}
         p90 = "-" if lat.get("p90") is None else f"{lat['p90']:.2f}" + ("" if r["percentile_ok"]["p90"] else "*")
-        vals = [r["run"][:16], r["backend"], r["scenario"], str(r["batch_size"]),
+        vals = [r["run"][:16], r["backend"] + (" (emulated)" if r.get("precision_status") == "emulated" else ""),
+                r["scenario"], str(r["batch_size"]),
                 "all" if r["rank"] is None else str(r["rank"]),
                 fmt_ci(r["samples_per_s"], r["samples_per_s_ci"]),
                 fmt_ratio(r["speedup"] or r["speedup_p50"]), fmt_ci(lat.get("p50"), (r["latency_ms_ci"] or {}).get("p50"), ".2f"),

@@ -32,6 +32,7 @@ from harness.bench.config import REFERENCE, BenchConfig
 from harness.bench.launchers import Dist, LocalWorker, ProcessWorker, WorkerError, interleave
 from harness.bench.process_env import OMP_DEFAULT, ORT_MALLOC, configure_omp, retain_freed_memory
 from harness.errors import UserError
+from harness.hardware import EMULATED, backend_status, machine
 
 
 
@@ -52,6 +53,7 @@ class Ctx:
     judge_fn: object = None
     workdir: Path | None = None
     peak: dict | None = None
+    host: object = None                          # harness.hardware.Machine: what is native here
     server: dict = field(default_factory=dict)   # run -> {"rate", "bound_ms", "from"}
 
 
@@ -80,8 +82,9 @@ def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out="ben
     dist = Dist()
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // dist.world)
     isolated = bool(cfg.isolate and dist.world == 1)
-    names, skipped = _choose(cfg, device, dist)
-    ctx = Ctx(cfg, dist, device, threads, isolated, names, skipped, data_root, judge_fn)
+    host = machine()
+    names, skipped = _choose(cfg, device, dist, host)
+    ctx = Ctx(cfg, dist, device, threads, isolated, names, skipped, data_root, judge_fn, host=host)
     import torch
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -93,12 +96,31 @@ def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out="ben
         torch.set_num_threads(old_threads)
 
 
-def _choose(cfg: BenchConfig, device, dist) -> tuple[list[str], dict]:
-    names = list(cfg.backends) if cfg.backends is not None else list(REGISTRY)
+def default_backends(host, device_kind: str = "cpu", names=None) -> tuple[list[str], dict]:
+    """(the backends a default bench runs here, {left-out backend: why}): every registered backend
+    (or `names`) except those whose precision this machine only emulates (harness.hardware)."""
+    keep, left_out = [], {}
+    for n in (list(REGISTRY) if names is None else names):
+        status, why = backend_status(host, REGISTRY[n], device_kind)
+        if status == EMULATED:
+            left_out[n] = f"{REGISTRY[n].precision} is emulated on this machine ({why})"
+        else:
+            keep.append(n)
+    return keep, left_out
+
+
+def _choose(cfg: BenchConfig, device, dist, host) -> tuple[list[str], dict]:
+    if cfg.backends is not None:  # named: run as asked, emulated or not (the records say which)
+        names, skipped = list(cfg.backends), {}
+    else:
+        names, skipped = default_backends(host, device.kind)
+        for n, why in skipped.items():
+            if dist.main:
+                _log(f"leaving out {n}: {why}; name it in --backends to bench it anyway")
     if REFERENCE in names:  # reference first: the others are compared against it
         names.remove(REFERENCE)
         names.insert(0, REFERENCE)
-    chosen, skipped = [], {}
+    chosen = []
     for n in names:
         ok, why = REGISTRY[n].available(device)
         if ok:
@@ -287,6 +309,26 @@ def _server_settings(ctx: Ctx, job: dict, data: dict, live: dict) -> dict:
             "from": "torch-eager single-stream: rate 0.5 x its samples/s, bound 2 x its p90 (medians over rounds)"}
 
 
+def _peak(ctx: Ctx) -> dict:
+    """The matmul probe's result: read from --peak-file when it was measured on this machine at these
+    threads (`segvae run` probes once for its estimate and every bench child), else probed now."""
+    from harness.bench.peak import probe_peak, reusable_peak
+    from harness.io import atomic_write_json
+
+    cfg = ctx.cfg
+    if cfg.peak_file and (found := reusable_peak(cfg.peak_file, ctx.threads)) is not None:
+        _log(f"device {ctx.device}; matmul peaks from {cfg.peak_file} (this machine, {ctx.threads} threads)")
+        return found
+    _log(f"device {ctx.device}; matmul peak probe (up to {cfg.peak_size}^2, {ctx.threads} threads, "
+         f"at most {cfg.peak_budget_s:.0f} s)")
+    peak = probe_peak(threads=ctx.threads, max_n=cfg.peak_size, reps=cfg.peak_reps, budget_s=cfg.peak_budget_s)
+    _log("peaks: " + ", ".join(f"{k} {v['gflops_per_s']:.0f} G/s" if v.get("gflops_per_s") else f"{k} {v['status']}"
+                              for k, v in peak.items() if isinstance(v, dict)) + f" ({peak['seconds']:.1f} s)")
+    if cfg.peak_file:
+        atomic_write_json(cfg.peak_file, peak)
+    return peak
+
+
 # =========================================================================== the whole bench
 def _bench(ctx: Ctx, run_dirs: list[Path], out, argv, omp_policy: str, t_start: float) -> dict:
     from harness.bench.assemble import assemble
@@ -297,9 +339,7 @@ def _bench(ctx: Ctx, run_dirs: list[Path], out, argv, omp_policy: str, t_start: 
     try:
         if ctx.dist.main:
             env = trackers.env_info(argv)
-            _log(f"device {ctx.device}; matmul peak probe ({ctx.cfg.peak_size}^2, {ctx.threads} threads)")
-            from harness.bench.peak import probe_peak
-            ctx.peak = probe_peak(threads=ctx.threads, n=ctx.cfg.peak_size, reps=ctx.cfg.peak_reps)
+            ctx.peak = _peak(ctx)
             jobs = [_prepare_run(ctx, r, i) for i, r in enumerate(run_dirs)]
         jobs = ctx.dist.broadcast(jobs)
         workers = _start_workers(ctx)

@@ -15,8 +15,8 @@ import numpy as np
 
 from harness.bench.backends_ort import INPUT_NAMES, files_size  # noqa: F401 - re-exported
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-ENV_FIELDS = ("cpu_model", "cpu_flags", "bf16_native", "int8_vnni", "cores_logical", "cores_physical", "platform",
+ENV_FIELDS = ("cpu_model", "cpu_flags", "bf16_native", "int8_vnni", "torch_cpu_capability", "onednn_max_isa",
+              "precisions", "gpu", "cores_logical", "cores_physical", "platform",
               "python", "torch", "onnxruntime", "accelerate", "numpy", "git_commit", "git_dirty", "command", "time")
 
 
@@ -78,22 +78,6 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-def cpu_info() -> tuple[str, list[str]]:
-    """(model name, the flags of CPU_FLAGS this CPU has), from /proc/cpuinfo read once."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip().lower()
-                if key == "model name" and ":" in line:
-                    model = line.split(":", 1)[1].strip()
-                elif key == "flags" and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return model, [f for f in CPU_FLAGS if f in flags]
-
-
 def _version(mod: str) -> str | None:
     try:
         from importlib.metadata import version
@@ -110,25 +94,23 @@ def command_line(argv: list[str]) -> str:
 
 
 def env_info(argv: list[str] | None = None) -> dict:
-    try:
-        import psutil
-        physical = psutil.cpu_count(logical=False)
-    except ImportError:
-        physical = None
-    model, flags = cpu_info()
+    """The machine (harness.hardware: CPU, instruction sets, which precisions are native, the GPU),
+    the software and the git state."""
+    from harness.hardware import machine
     from harness.run_folder import git_state
 
+    m = machine()
     git = git_state()
-    commit, dirty = git["commit"], git["dirty"]
     return {
-        "cpu_model": model, "cpu_flags": flags,
-        "bf16_native": any(f in flags for f in ("avx512_bf16", "amx_bf16")),
-        "int8_vnni": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")),
-        "cores_logical": os.cpu_count(), "cores_physical": physical,
+        "cpu_model": m.cpu_model, "cpu_flags": m.cpu_flags,
+        "bf16_native": m.native("bf16"), "int8_vnni": m.native("int8"),
+        "torch_cpu_capability": m.torch_cpu_capability, "onednn_max_isa": m.onednn_max_isa,
+        "precisions": m.precisions, "gpu": m.gpu,
+        "cores_logical": m.cores_logical, "cores_physical": m.cores_physical,
         "platform": platform.platform(), "python": platform.python_version(),
         "torch": _version("torch"), "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
         "accelerate": _version("accelerate"), "numpy": np.__version__,
-        "git_commit": commit, "git_dirty": dirty,
+        "git_commit": git["commit"], "git_dirty": git["dirty"],
         "command": command_line(argv if argv else sys.argv),
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -64,6 +64,12 @@ def _bench_verdicts(rs: list[dict]) -> tuple[str, str]:
                           for r in flagged[:2]) + (f" (+{len(flagged) - 2} more)" if len(flagged) > 2 else "")
 
 
+def _precision_cell(precision, rs: list[dict]) -> str:
+    """"bf16 (emulated)" where the bench recorded that this machine only emulates the precision."""
+    status = next((r.get("precision_status") for r in rs if r.get("precision_status")), None)
+    return as_text(precision) + (" (emulated)" if status == "emulated" else "")
+
+
 def bench_table(records: list[dict]) -> Table:
     """One row per (backend, precision): latency, throughput per batch size (medians [95% CI] over
     rounds for bench v2), % of peak, accuracy with its count and gate, speed-ups, validity."""
@@ -119,7 +125,7 @@ def bench_table(records: list[dict]) -> Table:
         rss = max((x for x in (as_number(r.get("peak_rss_mb")) for r in rs) if x is not None), default=None)
         gate, verdict = _bench_verdicts(rs)
         rows.append([
-            as_text(backend), as_text(precision), _ci_cell(p50, lci.get("p50"), 2), p90_cell, p99_cell,
+            as_text(backend), _precision_cell(precision, rs), _ci_cell(p50, lci.get("p50"), 2), p90_cell, p99_cell,
             as_text(s.get("queries_per_round")) if s.get("queries_per_round") is not None else DASH,
             *[_ci_cell((offline(rs, b) or {}).get("samples_per_s"), (offline(rs, b) or {}).get("samples_per_s_ci"), 1)
               for b in batch_sizes],

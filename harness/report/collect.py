@@ -28,7 +28,14 @@ def collect(runs_dir: str | os.PathLike) -> Results:
             res.warnings.append(f"skipped run {d.name}: config.json/metrics.json are not JSON objects")
             continue
         _merge_labelswap(d, metrics, res.warnings)
-        res.runs.append({"dir": d, "name": str(cfg.get("name") or d.name), "config": cfg, "metrics": metrics})
+        export = None
+        if (d / "onnx" / "export.json").is_file():
+            try:
+                export = read_json(d / "onnx" / "export.json", "export metadata")
+            except UserError as e:
+                res.warnings.append(str(e))
+        res.runs.append({"dir": d, "name": str(cfg.get("name") or d.name), "config": cfg, "metrics": metrics,
+                         "export": export if isinstance(export, dict) else None})
     jroot = runs_dir / "judges"
     if jroot.is_dir():
         for d in sorted(p for p in jroot.iterdir() if p.is_dir() and (p / "judge.json").is_file()):

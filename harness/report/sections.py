@@ -123,6 +123,7 @@ def _bench_section(res: Results, figures: list[Figure]) -> list[Block]:
             blocks.append(Block("table", st))
         blocks += _figure(figures, f"bench-throughput-{name}", plot_throughput(recs), f"{name}: throughput vs batch size")
         blocks += _figure(figures, f"bench-latency-{name}", plot_latency(recs), f"{name}: latency percentiles")
+    blocks += _machines_note(res)
     skipped = res.bench.get("skipped") or {}
     blocks.append(Block("h3", "Skipped backends"))
     if isinstance(skipped, dict) and skipped:
@@ -130,6 +131,28 @@ def _bench_section(res: Results, figures: list[Figure]) -> list[Block]:
     else:
         blocks.append(Block("p", "None."))
     return blocks
+
+
+def _cpu_text(model, flags) -> str:
+    return f"{model or 'an unrecorded CPU'} ({', '.join(flags) if flags else 'no AVX2/AVX-512 flags recorded'})"
+
+
+def _machines_note(res: Results) -> list[Block]:
+    """Which CPU gated each int8 graph at export and which ran this bench: an int8 graph's accuracy
+    depends on the kernels (VNNI or not) of the machine that runs it."""
+    env = res.bench.get("env") or {}
+    bench_cpu = (env.get("cpu_model"), env.get("cpu_flags") or [])
+    lines = [f"This bench ran on {_cpu_text(*bench_cpu)}."]
+    for run in res.runs:
+        isa = ((run.get("export") or {}).get("int8") or {}).get("isa")
+        if not isinstance(isa, dict):
+            continue
+        where = (isa.get("cpu_model"), isa.get("cpu_flags") or [])
+        same = where == bench_cpu
+        lines.append(f"{run['name']}: int8 exported and gated on {_cpu_text(*where)}, reduce_range "
+                     f"{'on' if isa.get('reduce_range') else 'off'} ({isa.get('why')})"
+                     + ("." if same else "; NOT the bench's CPU: the bench's own gate is the one that holds here."))
+    return [Block("p", " ".join(lines))]
 
 
 def _reproduce_section(res: Results) -> list[Block]:

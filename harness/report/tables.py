@@ -173,8 +173,20 @@ def env_table(res: Results) -> Table | None:
             rows.append([str(k), as_text(v if not isinstance(v, (list, dict)) else _compact(v))])
     if isinstance(peak, dict):
         for k, v in peak.items():
-            rows.append([f"peak {k}", fmt(v, 1) if as_number(v) is not None else as_text(_compact(v))])
+            rows.append([f"peak {k}", _peak_text(v)])
     return Table(["item", "value"], rows) if rows else None
+
+
+def _peak_text(v) -> str:
+    """A probe entry as a reader wants it: "179 G/s (numpy matmul float32, n=2048)" or why it has none."""
+    if as_number(v) is not None:
+        return fmt(v, 1)
+    if isinstance(v, dict) and "method" in v:
+        g = as_number(v.get("gflops_per_s"))
+        if g is not None:
+            return f"{g:.0f} G/s ({v['method']}, n={v.get('n')})"
+        return f"{v.get('status') or 'not measured'}: {v.get('note') or ''}".strip()
+    return as_text(_compact(v))
 
 
 def _compact(v) -> str:
