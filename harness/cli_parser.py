@@ -245,7 +245,8 @@ def _bench(sub) -> None:
                    help="seconds the matmul peak probe may take; it sizes itself and skips precisions this "
                         "machine only emulates (default: 15)")
     b.add_argument("--peak-file", help="reuse the probe stored here when it was measured on this machine at the "
-                                       "same threads, else probe and store it (segvae run probes once)")
+                                       "same threads, else probe and store it (default: none: probe every time; "
+                                       "segvae run passes OUT/peak.json, so it probes once)")
     b.add_argument("--out", default="bench.json", help="results file (default: bench.json)")
     b.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
                    help="wandb: log the results table, throughput/latency charts and env, linked to the export "
@@ -300,7 +301,7 @@ def _run(sub) -> None:
                           "budget (quick: 11 minutes; default: train the UNets fewer epochs there, and say so)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (each stage's command), what it leaves out on this machine and the "
-                          "estimate from a few seconds of calibration here, then stop")
+                          "estimate from a few seconds of calibration here, then stop (default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:

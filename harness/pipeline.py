@@ -35,6 +35,7 @@ from harness.io import atomic_write_json
 
 PIPELINE_FILE = "pipeline.json"
 PEAK_FILE = "peak.json"
+FIT_FILE = "fit.json"
 BENCH_FILE = "bench.json"
 JUDGES_DIR = "judges"
 CONFIGS_DIR = "configs"
@@ -303,7 +304,11 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
               f"{','.join([*plan.bench_settings.get('backends', []), name])}", flush=True)
     costs: dict = {}
     est = estimate_plan(plan, retrain, costs)
-    fitted = fit_unet_epochs(plan, est) if not full_epochs else None
+    fitted = None if full_epochs else fitted_before(plan.out, preset)
+    if fitted is None and not full_epochs and not any(run.exists() for _, run, _ in plan.runs):
+        fitted = fit_unet_epochs(plan, est)  # only for a fresh --out: a re-run keeps what the first run chose
+    if not dry_run:
+        atomic_write_json(plan.out / FIT_FILE, {"preset": preset, "unet_epochs": fitted})
     if fitted:
         full = est
         plan = make_plan(preset, data_root, experiments, seeds, out_dir, log_with, retrain, unet_epochs=fitted)
@@ -346,6 +351,16 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
 
 
 MIN_FIT_EPOCHS = 8
+
+
+def fitted_before(out: Path, preset: str) -> int | None:
+    """The UNet epochs an earlier `segvae run` of this preset into `out` fitted to this machine (None:
+    it kept the preset's), so that re-running resumes and reuses its runs instead of refitting."""
+    from harness.io import read_json
+
+    path = out / FIT_FILE
+    doc = read_json(path, "segvae run's fit") if path.is_file() else None
+    return doc.get("unet_epochs") if isinstance(doc, dict) and doc.get("preset") == preset else None
 
 
 def _preset_unet_epochs(plan: Plan) -> int:

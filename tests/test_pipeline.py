@@ -153,7 +153,11 @@ def test_bench_flags_are_generic_over_the_preset_dict():
     for name, p in PRESETS.items():
         plan = make_plan(name, None, ["unet-mp-tr-bce"], None, "out", "none", False)
         parsed = vars(build_parser().parse_args(plan.bench[3:]))
-        assert {k: parsed[k] for k in p.bench} == p.bench, name
+        assert {k: parsed[k] for k in p.bench} == plan.bench_settings, name
+        # the preset's own list, less only what this machine emulates (harness.hardware)
+        if "backends" in p.bench:
+            assert sorted([*plan.bench_settings["backends"], *plan.left_out]) == sorted(p.bench["backends"])
+            assert all("emulated on this machine" in why for why in plan.left_out.values())
 
 
 def test_a_preset_key_without_a_flag_fails_before_any_work(tmp_path, monkeypatch):
@@ -198,6 +202,9 @@ def test_recorded_commands_reproduce_the_pipeline_artifacts(tmp_path, data_root,
     assert doc["commands"][1:] == [__import__("shlex").join(a) for a in doc["argv"][1:]]
     assert stages["export"][stages["export"].index("--data-root") + 1] == str(data_root.absolute())
     assert "--batch-sizes" in stages["bench"] and (out / "bench.json").is_file() and (out / "report.html").is_file()
+    # the estimate made here from calibration, beside the measured stage times
+    assert set(doc["estimate"]["stage_seconds"]) == {"train", "judges", "export", "bench"}
+    assert doc["estimate"]["stage_seconds"]["train"] > 0 and doc["stage_seconds"]["train"] > 0
 
     run = out / "unet-mp-tr-bce"
     recorded = json.loads((run / "run.json").read_text())

@@ -79,10 +79,16 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     for fixed in ("no", "fp16", "bf16"):
         assert resolve_precision(fixed) == fixed
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for avx512_bf16, amx, want in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "no")]:
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
-        assert resolve_precision("auto") == want, (avx512_bf16, amx)
+    import harness.hardware as hw
+
+    monkeypatch.delenv("SEGVAE_CPU_BF16", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    for flags, capability, want in [({"avx2", "avx512_bf16"}, "AVX512", "bf16"), ({"avx2", "amx_bf16"}, "AVX512", "bf16"),
+                                    ({"avx2"}, "AVX2", "no"),
+                                    ({"avx2", "avx512_bf16"}, "AVX2", "no")]:  # PyTorch held to AVX2: emulated
+        monkeypatch.setattr(hw, "read_cpuinfo", lambda f=flags: ("test CPU", set(f)))
+        monkeypatch.setattr(hw, "torch_cpu_capability", lambda c=capability: c)
+        assert resolve_precision("auto") == want, (flags, capability)
         for forced, forced_want in (("0", "no"), ("1", "bf16")):  # SEGVAE_CPU_BF16 overrides the probe
             monkeypatch.setenv("SEGVAE_CPU_BF16", forced)
             assert resolve_precision("auto") == forced_want

@@ -24,6 +24,7 @@ import time
 
 from harness.hardware import EMULATED, NATIVE, machine, precision_status
 
+PRECISIONS = ("fp32", "bf16", "int8")
 MIN_CALL_S = 0.1
 START_N = 256
 

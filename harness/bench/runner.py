@@ -312,7 +312,7 @@ def _server_settings(ctx: Ctx, job: dict, data: dict, live: dict) -> dict:
 def _peak(ctx: Ctx) -> dict:
     """The matmul probe's result: read from --peak-file when it was measured on this machine at these
     threads (`segvae run` probes once for its estimate and every bench child), else probed now."""
-    from harness.bench.peak import probe_peak, reusable_peak
+    from harness.bench.peak import PRECISIONS, probe_peak, reusable_peak
     from harness.io import atomic_write_json
 
     cfg = ctx.cfg
@@ -322,8 +322,8 @@ def _peak(ctx: Ctx) -> dict:
     _log(f"device {ctx.device}; matmul peak probe (up to {cfg.peak_size}^2, {ctx.threads} threads, "
          f"at most {cfg.peak_budget_s:.0f} s)")
     peak = probe_peak(threads=ctx.threads, max_n=cfg.peak_size, reps=cfg.peak_reps, budget_s=cfg.peak_budget_s)
-    _log("peaks: " + ", ".join(f"{k} {v['gflops_per_s']:.0f} G/s" if v.get("gflops_per_s") else f"{k} {v['status']}"
-                              for k, v in peak.items() if isinstance(v, dict)) + f" ({peak['seconds']:.1f} s)")
+    _log("peaks: " + ", ".join(f"{k} {peak[k]['gflops_per_s']:.0f} G/s" if peak[k]["gflops_per_s"] else
+                               f"{k} {peak[k]['status']}" for k in PRECISIONS) + f" ({peak['seconds']:.1f} s)")
     if cfg.peak_file:
         atomic_write_json(cfg.peak_file, peak)
     return peak
