@@ -17,10 +17,10 @@ import torch
 from harness.bench import BenchConfig, run_bench
 from harness.bench import scenarios as sc
 from harness.bench import stats
-from harness.bench.backends import REGISTRY, TorchCompile, TorchEager, files_size
+from harness.bench.backends import REGISTRY, TorchCompile, TorchEager
 from harness.bench.device import Device
 from harness.bench.records import RECORD_FIELDS, SERVER_FIELDS, SCHEMA_VERSION
-from harness.bench.trackers import ENV_FIELDS, sha256
+from harness.bench.trackers import ENV_FIELDS, files_size, sha256
 from harness.run_folder import WEIGHTS_FILE, load_run, save_config, save_weights
 from harness.config import get_experiment
 from harness.errors import UserError

@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from harness.bench.scenarios import SCENARIOS
 from harness.bench.stats import min_queries as loadgen_min_queries
 
-SCENARIOS = ("single-stream", "offline", "server")
 ORT_OPT_LEVELS = ("all", "extended", "basic", "disable")  # the keys of exports.session.OPT_LEVELS
 WAITS = ("spin", "passive")  # harness.bench.process_env.configure_omp says why spin is the default
 REFERENCE = "torch-eager"
@@ -14,7 +14,7 @@ REFERENCE = "torch-eager"
 # a p90 needs 64 queries and a p99 662 (early stopping, 99% confidence, one query over)
 MLPERF_MIN_DURATION = 600.0
 MLPERF_OFFLINE_SAMPLES = 24576
-TAIL = {"single-stream": "p90", "server": "p99"}   # the percentile each scenario is judged on
+TAIL = {n: s.tail for n, s in SCENARIOS.items() if s.tail}   # the percentile each scenario is judged on
 
 
 def tail_min_queries(percentile: str) -> int:
@@ -102,7 +102,7 @@ class BenchConfig:
         """Per-round stopping rule of one measurement: {"min_queries" (queries; offline: batches),
         "min_duration"}. --mlperf: LoadGen's 600 s and its minimum counts."""
         duration = MLPERF_MIN_DURATION if self.mlperf else self.min_duration
-        if scenario == "offline":
+        if SCENARIOS[scenario].tail is None:  # judged on throughput: min_queries counts samples
             samples = max(self.min_queries, MLPERF_OFFLINE_SAMPLES if self.mlperf else 0)
             return {"min_queries": max(1, math.ceil(samples / batch_size)), "min_duration": duration}
         need = tail_min_queries(TAIL[scenario]) if self.mlperf else 0

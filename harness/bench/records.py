@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from harness.bench import stats
 from harness.bench.config import REFERENCE, TAIL, tail_min_queries
-from harness.bench.scenarios import LATENCY_KEYS, latency_stats
+from harness.bench.scenario_base import LATENCY_KEYS, latency_stats
+from harness.bench.scenarios import SCENARIOS
 
 SCHEMA_VERSION = 2
 RECORD_FIELDS = (
@@ -61,7 +62,7 @@ def validity(scenario: str, bs: int, fig: dict, n_rounds: int, cfg, server: dict
         from harness.bench.config import MLPERF_MIN_DURATION, MLPERF_OFFLINE_SAMPLES
         if fig["duration_s"] / max(n_rounds, 1) < MLPERF_MIN_DURATION:
             reasons.append(f"rounds shorter than LoadGen's {MLPERF_MIN_DURATION:.0f} s")
-        if scenario == "offline" and fig["queries_per_round"] * bs < MLPERF_OFFLINE_SAMPLES:
+        if SCENARIOS[scenario].tail is None and fig["queries_per_round"] * bs < MLPERF_OFFLINE_SAMPLES:
             reasons.append(f"fewer than {MLPERF_OFFLINE_SAMPLES} samples per round")
     if server is not None and server.get("bound_met") is False:
         reasons.append(f"server p99 over the {server['latency_bound_ms']:.2f} ms bound (or queries unserved) "
@@ -82,12 +83,13 @@ def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, re
                  search: dict | None, rank=None, peak_g: float | None = None, n_proc: int = 1) -> dict:
     """One record. base: the (run, backend) fields shared by every record (accuracy, provenance...)."""
     fig = round_figures(rounds)
-    server = server_fields(rounds, search) if scenario == "server" else None
+    kind = SCENARIOS[scenario]
+    server = server_fields(rounds, search) if kind.paced else None
     reasons = validity(scenario, bs, fig, len(rounds), cfg, server)
     rec = {**base, "scenario": scenario, "batch_size": bs, "rounds": len(rounds),
            **{k: v for k, v in fig.items() if not k.startswith("_")}, "rank": rank}
-    if scenario == "single-stream" or scenario == "server":
-        tail = TAIL[scenario]
+    if kind.tail:
+        tail = kind.tail
         est, t = stats.early_stopping_percentile([x * 1e3 for m in rounds for x in m["latencies_s"]],
                                                  int(tail[1:]) / 100)
         rec["early_stopping_ms"] = {tail: est, "t": t}
@@ -95,9 +97,9 @@ def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, re
         rec["early_stopping_ms"] = None
     rec["speedup"] = rec["speedup_p50"] = None
     if ref_fig is not None and base["backend"] != REFERENCE:
-        if scenario != "server":  # a server's throughput is the offered rate: compare latency there
+        if not kind.paced:  # a paced scenario's throughput is the offered rate: compare latency there
             rec["speedup"] = stats.paired_ratio_ci(fig["rounds_samples_per_s"], ref_fig["rounds_samples_per_s"])
-        if scenario != "offline":
+        if kind.tail:
             rec["speedup_p50"] = stats.paired_ratio_ci(ref_fig["rounds_p50_ms"], fig["rounds_p50_ms"])
     sps = rec["samples_per_s"]
     rec["gflops_per_s"] = base["flops_per_sample"] * sps / 1e9 if sps is not None else None

@@ -26,11 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.bench import accuracy, records, trackers
+from harness.bench.backend_base import INPUT_NAMES
 from harness.bench.backends import REGISTRY
 from harness.bench.backends_ort import onnx_path
 from harness.bench.config import REFERENCE, BenchConfig
 from harness.bench.launchers import Dist, LocalWorker, ProcessWorker, WorkerError, interleave
 from harness.bench.process_env import OMP_DEFAULT, ORT_MALLOC, configure_omp, retain_freed_memory
+from harness.bench.scenarios import SCENARIOS
 from harness.errors import UserError
 from harness.hardware import EMULATED, backend_status, machine
 
@@ -161,7 +163,6 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
     folder = ctx.workdir / f"run{index}"
     inputs = accuracy.prepare_inputs(exp_cfg, data_root, ctx.cfg.accuracy_samples, ctx.cfg.seed, folder)
     module = graph_specs(exp_cfg, model, fold_batchnorm=True)[0].module
-    from harness.bench.backends_ort import INPUT_NAMES
     arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in INPUT_NAMES[exp_cfg.task]}
     return {"run": run_dir.name, "run_dir": str(run_dir), "experiment": exp_cfg.name, "task": exp_cfg.task,
             "dataset": exp_cfg.dataset, "dir": str(folder), **inputs,
@@ -172,7 +173,7 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
 
 # =========================================================================== measuring
 def _worker_settings(ctx: Ctx) -> dict:
-    bs = sorted(set(ctx.cfg.batch_sizes) | ({1} if set(ctx.cfg.scenarios) - {"offline"} else set()))
+    bs = sorted({b for s in ctx.cfg.scenarios for b in SCENARIOS[s].batch_sizes(ctx.cfg)})
     return {"threads": ctx.threads, "device": [ctx.device.kind, ctx.device.index], "warmup": ctx.cfg.warmup,
             "ort_opt_level": ctx.cfg.ort_opt_level, "wait": ctx.cfg.wait, "batch_sizes": bs}
 
@@ -250,7 +251,7 @@ def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
     def measure(items):
         def call(worker, name, item, r):
             scen, bs = item
-            extra = ctx.server.get(job["run"], {}) if scen == "server" else {}
+            extra = ctx.server.get(job["run"], {}) if SCENARIOS[scen].paced else {}
             m = _safe(ctx, job, data, timed, name, "measure", scenario=scen, batch_size=bs,
                       timing=cfg.timing(scen, bs), rate=extra.get("rate"), bound_ms=extra.get("bound_ms"),
                       seed=cfg.seed + r)
@@ -267,26 +268,33 @@ def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
                 _respawn(ctx, job, data, workers, live, timed)
         interleave(timed, cfg.rounds, items, call, after_round)
 
-    items = ([("single-stream", 1)] if "single-stream" in cfg.scenarios else []) + \
-        ([("offline", b) for b in cfg.batch_sizes] if "offline" in cfg.scenarios else [])
+    items = _items(cfg, paced=False)
     measure(items)
     for n in timed:
         _log(f"{job['run']} | {n}: {cfg.rounds} rounds of {len(items)} measurement(s) done",
              ctx.dist.rank if ctx.dist.world > 1 else None)
-    if "server" in cfg.scenarios:
+    paced = _items(cfg, paced=True)
+    if paced:  # at one rate and bound per model, derived from the reference's single-stream
         ctx.server[job["run"]] = ctx.dist.broadcast(_server_settings(ctx, job, data, live) if ctx.dist.main else None)
-        measure([("server", 1)])
+        measure(paced)
         if cfg.server_search:
             s = ctx.server[job["run"]]
             for n in list(timed):
                 data[n]["search"] = _safe(ctx, job, data, timed, n, "search", start_rate=s["rate"], bound_ms=s["bound_ms"],
-                                          timing=cfg.timing("server", 1), seed=cfg.seed)
+                                          timing=cfg.timing(paced[0][0], 1), seed=cfg.seed)
     for n in list(live):
         data[n]["finish"] = fin = _safe(ctx, job, data, live, n, "finish")
         earlier = [f["peak_rss_mb"] for f in data[n].pop("finish_earlier", []) if f.get("peak_rss_mb") is not None]
         if fin is not None and earlier and fin.get("peak_rss_mb") is not None:
             fin["peak_rss_mb"] = max([fin["peak_rss_mb"], *earlier])  # the highest of its processes
     return data
+
+
+def _items(cfg: BenchConfig, paced: bool) -> list[tuple[str, int]]:
+    """(scenario, batch size) of every asked-for scenario, in SCENARIOS order: the unpaced ones,
+    or the paced ones (measured after the reference's single-stream gave them a rate)."""
+    return [(name, b) for name, s in SCENARIOS.items() if name in cfg.scenarios and s.paced == paced
+            for b in s.batch_sizes(cfg)]
 
 
 def _server_settings(ctx: Ctx, job: dict, data: dict, live: dict) -> dict:

@@ -13,7 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
-from harness.bench.backends_ort import INPUT_NAMES, files_size  # noqa: F401 - re-exported
+from harness.bench.backend_base import INPUT_NAMES
+from harness.bench.backends_ort import files_size  # noqa: F401 - re-exported
 
 ENV_FIELDS = ("cpu_model", "cpu_flags", "bf16_native", "int8_vnni", "torch_cpu_capability", "onednn_max_isa",
               "precisions", "gpu", "cores_logical", "cores_physical", "platform",
