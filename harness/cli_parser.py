@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from exports.accuracy_gate import DEFAULT_MAX_MAE, DEFAULT_TARGET
+from harness.compare import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_SLOWDOWN, parse_fraction
 from harness.config import EXPERIMENTS, PRECISIONS
+from harness.errors import UserError
+from harness.presets import PRESETS
+from harness.wandb_log import check_available
 
 FMT = argparse.RawDescriptionHelpFormatter
 LOG_WITH = ["wandb", "tensorboard", "none"]
@@ -73,9 +78,6 @@ def csv_seeds(s: str) -> list[int]:
 def tracker(s: str) -> str:
     """--log-with wandb needs wandb installed: say so at parse time, before any work."""
     if s == "wandb":
-        from harness.errors import UserError
-        from harness.wandb_log import check_available
-
         try:
             check_available()
         except UserError as e:
@@ -84,8 +86,6 @@ def tracker(s: str) -> str:
 
 
 def share(s: str) -> float:
-    from harness.compare import parse_fraction
-
     try:
         return parse_fraction(s)
     except ValueError as e:
@@ -173,9 +173,9 @@ def _export(sub) -> None:
                    help="also write model.fp16.onnx / swap.fp16.onnx for ORT's CUDA provider (default: off)")
     e.add_argument("--fp16-tolerance", type=positive_float, default=1e-2,
                    help="fp16 parity bound, x max(1, max |PyTorch output|) (default: 1e-2)")
-    e.add_argument("--accuracy-target", type=positive_float, default=0.99,
+    e.add_argument("--accuracy-target", type=positive_float, default=DEFAULT_TARGET,
                    help="int8 gate: UNet int8 Dice >= TARGET x the fp32 graph's; CVAEs: mean |int8 - fp32| <= "
-                        "0.02 (default: 0.99, MLPerf; 0.999 strict)")
+                        f"{DEFAULT_MAX_MAE} (default: {DEFAULT_TARGET}, MLPerf; 0.999 strict)")
     e.add_argument("--strict", action="store_true",
                    help="refuse to write an int8 graph that fails the gate (default: write it, marked FAIL)")
     e.add_argument("--reduce-range", choices=["auto", "on", "off"], default="auto",
@@ -232,7 +232,7 @@ def _bench(sub) -> None:
     b.add_argument("--accuracy-samples", type=positive_int,
                    help="class-stratified, seeded subset of the test split (default: the whole test split)")
     b.add_argument("--accuracy-target", type=positive_float,
-                   help="gate: metric >= TARGET x the torch fp32 reference (default: 0.99; 0.999 strict)")
+                   help=f"gate: metric >= TARGET x the torch fp32 reference (default: {DEFAULT_TARGET}; 0.999 strict)")
     b.add_argument("--ort-opt-level", choices=["all", "extended", "basic", "disable"],
                    help="ONNX Runtime graph optimization level (default: all)")
     b.add_argument("--processes", type=positive_int,
@@ -253,8 +253,6 @@ def _bench(sub) -> None:
 
 
 def _compare(sub) -> None:
-    from harness.compare import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_SLOWDOWN
-
     c = _command(sub, "compare", "regression gate: compare two bench.json files (exit 1 on a regression)",
                  "segvae compare main/bench.json pr/bench.json --max-slowdown 5% --out comparison.md",
                  "Faster / slower / no significant change per (experiment, backend, scenario, batch size), from "
@@ -278,8 +276,6 @@ def _report(sub) -> None:
 
 
 def _run(sub) -> None:
-    from harness.pipeline import PRESETS
-
     run = _command(sub, "run", "train, judge, export, bench and report in one go",
                    "segvae run --preset cpu --data-root ../shared/data --out runs-cpu",
                    "Run every stage of a preset; each stage runs as the `segvae` command recorded in "

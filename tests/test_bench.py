@@ -343,7 +343,8 @@ def test_stale_or_missing_onnx_is_refused(runs, data_root, tmp_path):
 
 # ---------------------------------------------------------------------------- pieces
 def test_io_binding_path_on_the_cpu_provider(runs):
-    from harness.bench.backends_ort import OrtFP32, onnx_path
+    from harness.bench.backends_ort import OrtFP32
+    from harness.run_folder import onnx_path
 
     cfg, _ = load_run(runs["cvae"])
     job = {"task": "cvae", "onnx": {"fp32": {"path": str(onnx_path(runs["cvae"], "cvae", "fp32"))}}}

@@ -9,7 +9,9 @@ from harness.bench import accuracy, records
 from harness.bench.backends import REGISTRY
 from harness.bench.config import REFERENCE
 from harness.bench.scenarios import SCENARIOS
+from harness.bench.trackers import sha256
 from harness.hardware import NATIVE, backend_status
+from harness.run_folder import WEIGHTS_FILE
 
 
 def _judge_for(judge_fn, job: dict):
@@ -40,8 +42,6 @@ def _base(ctx, job: dict, name: str, ranks: list[dict], acc: dict, gate: dict) -
         f = job["onnx"][cls.precision]
         model_file, sha = f["path"], f["sha256"]
     else:
-        from harness.run_folder import WEIGHTS_FILE
-        from harness.bench.trackers import sha256
         model_file = str(Path(job["run_dir"]) / WEIGHTS_FILE)
         sha = sha256(model_file)
     finish = [r["finish"] for r in ranks]
@@ -86,7 +86,7 @@ def _run_records(ctx, job: dict, per_rank: list[dict]) -> list[dict]:
         ranks = [p[name] for p in per_rank]
         err = next((r["error"] for r in ranks if r["error"]), None)
         if err or ref is None:
-            ctx.skipped[f"{job['run']}/{name}"] = err or "no accuracy reference (torch-eager failed on this run)"
+            ctx.skipped[f"{job['run']}/{name}"] = err or f"no accuracy reference ({REFERENCE} failed on this run)"
             continue
         acc = accuracy.figures(job["task"], [r["acc"] for r in ranks], folder, None if name == REFERENCE else ref, judge)
         acc["dice_delta"] = None if acc["dice"] is None else acc["dice"] - ref["dice"]

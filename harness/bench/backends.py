@@ -18,6 +18,7 @@ import numpy as np
 
 from harness.bench.backend_base import INPUT_NAMES, Backend
 from harness.bench.backends_ort import OrtCuda, OrtCudaFP16, OrtFP32, OrtInt8, OrtTensorRT
+from harness.run_folder import WEIGHTS_FILE, load_run
 
 __all__ = ["REGISTRY", "example_inputs"]
 
@@ -31,7 +32,6 @@ class TorchEager(Backend):
         import torch
 
         from exports.onnx_export import graph_specs
-        from harness.run_folder import WEIGHTS_FILE, load_run
 
         torch.set_num_threads(threads)
         self.device, self.task = device, job["task"]

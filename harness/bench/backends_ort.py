@@ -18,16 +18,6 @@ import numpy as np
 
 from harness.bench.backend_base import INPUT_NAMES, Backend
 
-ONNX_FILES = {  # task -> precision -> file name inside RUN/onnx/ (written by exports.onnx_export)
-    "segmentation": {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"},
-    "cvae": {"fp32": "swap.onnx", "int8": "swap.int8.onnx", "fp16": "swap.fp16.onnx"},
-}
-
-
-def onnx_path(run_dir, task: str, precision: str) -> Path:
-    return Path(run_dir) / "onnx" / ONNX_FILES[task][precision]
-
-
 def files_size(path) -> int | None:
     """Size of an ONNX file plus its external-data file(s) (`model.onnx.data` and the like)."""
     path = Path(path)

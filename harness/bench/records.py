@@ -3,8 +3,9 @@ size[, rank]) built from R interleaved rounds, with medians, confidence interval
 against torch eager paired by round, LoadGen validity and the accuracy gate; and the CLI table."""
 from __future__ import annotations
 
+from harness import bench_fields as bf
 from harness.bench import stats
-from harness.bench.config import REFERENCE, TAIL, tail_min_queries
+from harness.bench.config import MLPERF_MIN_DURATION, MLPERF_OFFLINE_SAMPLES, REFERENCE, TAIL, tail_min_queries
 from harness.bench.scenario_base import LATENCY_KEYS, latency_stats
 from harness.bench.scenarios import SCENARIOS
 
@@ -59,7 +60,6 @@ def validity(scenario: str, bs: int, fig: dict, n_rounds: int, cfg, server: dict
         reasons.append(f"{tail} from {fig['queries_per_round']} queries per round < {tail_min_queries(tail)} "
                        "(LoadGen early stopping, 99% confidence)")
     if cfg.mlperf:
-        from harness.bench.config import MLPERF_MIN_DURATION, MLPERF_OFFLINE_SAMPLES
         if fig["duration_s"] / max(n_rounds, 1) < MLPERF_MIN_DURATION:
             reasons.append(f"rounds shorter than LoadGen's {MLPERF_MIN_DURATION:.0f} s")
         if SCENARIOS[scenario].tail is None and fig["queries_per_round"] * bs < MLPERF_OFFLINE_SAMPLES:
@@ -136,19 +136,21 @@ def fmt_ratio(r: dict | None) -> str:
 
 
 def accuracy_text(r: dict) -> str:
-    n = r.get("accuracy_count")
+    acc = bf.accuracy(r)
+    n = acc["count"]
     if r["task"] == "segmentation":
         txt = "-" if r.get("dice") is None else f"dice {r['dice']:.4f}"
     else:
         txt = "-" if r.get("mean_abs_err") is None else f"mae {r['mean_abs_err']:.1e}"
         if r.get("judge_acc") is not None:
             txt += f" judge {r['judge_acc']:.3f}"
-    verdict = {True: "pass", False: "FAIL", None: "?"}[r.get("accuracy_pass")]
+    verdict = {True: "pass", False: "FAIL", None: "?"}[acc["pass"]]
     return f"{txt} n={n} {verdict}"
 
 
 def verdict_text(r: dict) -> str:
-    return "valid" if r["valid"] else "INVALID: " + "; ".join(r["invalid_reasons"])
+    valid, reasons = bf.validity(r)
+    return "valid" if valid else "INVALID: " + "; ".join(reasons)
 
 
 def format_table(records: list[dict]) -> str:
@@ -156,13 +158,13 @@ def format_table(records: list[dict]) -> str:
             ("vs eager", 15), ("p50 ms", 20), ("p90 ms", 9), ("q/round", 7), ("accuracy", 32), ("verdict", 0)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in cols).rstrip()]
     for r in records:
-        lat = r["latency_ms"] or {}
-        p90 = "-" if lat.get("p90") is None else f"{lat['p90']:.2f}" + ("" if r["percentile_ok"]["p90"] else "*")
+        p90 = bf.value(r, "p90")
+        p90 = "-" if p90 is None else f"{p90:.2f}" + ("" if r["percentile_ok"]["p90"] else "*")
         vals = [r["run"][:16], r["backend"] + (" (emulated)" if r.get("precision_status") == "emulated" else ""),
                 r["scenario"], str(r["batch_size"]),
                 "all" if r["rank"] is None else str(r["rank"]),
-                fmt_ci(r["samples_per_s"], r["samples_per_s_ci"]),
-                fmt_ratio(r["speedup"] or r["speedup_p50"]), fmt_ci(lat.get("p50"), (r["latency_ms_ci"] or {}).get("p50"), ".2f"),
+                fmt_ci(bf.value(r, "samples_per_s"), bf.interval(r, "samples_per_s")),
+                fmt_ratio(r["speedup"] or r["speedup_p50"]), fmt_ci(bf.value(r, "p50"), bf.interval(r, "p50"), ".2f"),
                 p90, str(r["queries_per_round"]), accuracy_text(r), verdict_text(r)]
         lines.append("  ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, cols)).rstrip())
     cov = next((r["ci_coverage"] for r in records if r.get("ci_coverage")), None)

@@ -46,17 +46,6 @@ def peak_rss_mb() -> tuple[float, str]:
     return (kb / 1024.0 if sys.platform != "darwin" else kb / 2**20), "ru_maxrss"
 
 
-def jsonable(o):
-    """json.dumps default for numpy values and paths (worker replies)."""
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot encode {type(o).__name__}")
-
-
 # --------------------------------------------------------------------------- FLOPs
 def flops_per_sample(module, task: str, inputs: Mapping[str, np.ndarray]) -> int:
     """torch.utils.flop_counter total at batch 1 (FLOPs = 2 x MACs; convs and matmuls only) of the
@@ -126,8 +115,10 @@ def onnx_provenance(run_dir: Path, run_hash: str, need: bool) -> dict:
     from harness.errors import UserError
     from harness.io import read_json
 
-    folder = Path(run_dir) / "onnx"
-    meta = folder / "export.json"
+    from harness.run_folder import EXPORT_FILE, ONNX_DIR
+
+    folder = Path(run_dir) / ONNX_DIR
+    meta = folder / EXPORT_FILE
     again = f"segvae export {run_dir} --quantize int8 [--data-root DATA]"
     if not meta.is_file():
         if need:

@@ -28,6 +28,7 @@ from harness.bench.backends import REGISTRY
 from harness.bench.device import Device
 from harness.bench.process_env import ORT_MALLOC, retain_freed_memory
 from harness.bench.scenarios import SCENARIOS, search_rate
+from harness.io import jsonable
 
 
 def _take(arrays, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -145,7 +146,7 @@ def main() -> None:
         except BaseException as e:  # noqa: BLE001 - reported to the parent, the worker lives on
             payload = ["error", f"{type(e).__name__}: {e}",
                        traceback.format_exc() if os.environ.get("SEGVAE_BENCH_DEBUG") else ""]
-        reply.write(json.dumps(payload, default=trackers.jsonable) + "\n")
+        reply.write(json.dumps(payload, default=jsonable) + "\n")
         reply.flush()
 
 
