@@ -10,6 +10,7 @@ from harness.compare import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_SLOWDOWN, par
 from harness.config import EXPERIMENTS, PRECISIONS
 from harness.errors import UserError
 from harness.presets import PRESETS
+from harness.run_folder import BENCH_FILE
 from harness.wandb_log import check_available
 
 FMT = argparse.RawDescriptionHelpFormatter
@@ -17,44 +18,23 @@ LOG_WITH = ["wandb", "tensorboard", "none"]
 
 
 # ---------------------------------------------------------------------------- value types
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
+def _number(parse, ok, unparsable: str, out_of_range: str):
+    """An argparse type: parse(s), then ok(value), each failure an error saying what was expected."""
+    def convert(s: str):
+        try:
+            v = parse(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unparsable}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {out_of_range}, got {s!r}")
+        return v
+    return convert
 
 
-def positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
-    return v
-
-
-def nonnegative_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
-    return v
-
-
-def nonnegative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
+positive_int = _number(int, lambda v: v >= 1, "a positive integer", "a positive integer")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0", "an integer >= 0")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number", "a positive finite number")
+nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0", "a finite number >= 0")
 
 
 def csv(s: str) -> list[str]:
@@ -246,7 +226,7 @@ def _bench(sub) -> None:
                         "machine only emulates (default: 15)")
     b.add_argument("--peak-file", help="reuse the probe stored here when it was measured on this machine at the "
                                        "same threads, else probe and store it (segvae run probes once)")
-    b.add_argument("--out", default="bench.json", help="results file (default: bench.json)")
+    b.add_argument("--out", default=BENCH_FILE, help=f"results file (default: {BENCH_FILE})")
     b.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
                    help="wandb: log the results table, throughput/latency charts and env, linked to the export "
                         "artifacts (offline unless you ran `wandb login`; default: none)")

@@ -245,14 +245,14 @@ def _respawn(ctx: Ctx, job: dict, backends: dict[str, BackendRun], workers: dict
             backends[n].load["pids"].append(load["pid"])
 
 
-def _safe(ctx: Ctx, job: dict, backend: BackendRun, op: str, *, sent: bool = False, **kw):
+def _safe(ctx: Ctx, where: dict, backend: BackendRun, op: str, *, sent: bool = False, **kw):
     """worker.call (sent=True: only the reply to `op`, sent earlier); a failure drops the backend for
-    this run with the reason in its `error`."""
+    this run (where: its job) with the reason in its `error`."""
     try:
         return backend.worker.receive() if sent else backend.worker.call(op, **kw)
     except WorkerError as e:
         backend.error = str(e)
-        _log(f"{job['run']} | {backend.name} failed in {op}: {str(e).splitlines()[0]}",
+        _log(f"{where['run']} | {backend.name} failed in {op}: {str(e).splitlines()[0]}",
              ctx.dist.rank if ctx.dist.world > 1 else None)
         return None
 
