@@ -358,7 +358,8 @@ def _peak(ctx: Ctx) -> dict:
          f"at most {cfg.peak_budget_s:.0f} s)")
     peak = probe_peak(threads=ctx.threads, max_n=cfg.peak_size, reps=cfg.peak_reps, budget_s=cfg.peak_budget_s)
     _log("peaks: " + ", ".join(f"{k} {v['gflops_per_s']:.0f} G/s" if v.get("gflops_per_s") else f"{k} {v['status']}"
-                              for k, v in peak.items() if isinstance(v, dict)) + f" ({peak['seconds']:.1f} s)")
+                              for k, v in peak.items() if isinstance(v, dict) and "status" in v)
+         + f" ({peak['seconds']:.1f} s)")
     if cfg.peak_file:
         atomic_write_json(cfg.peak_file, peak)
     return peak
