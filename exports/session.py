@@ -76,11 +76,6 @@ def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def default_providers() -> list[str]:
-    """What this onnxruntime build offers (minus non-compute ones), CPU last."""
-    return providers_for(None)[0]
-
-
 def _external_locations(path: Path) -> list[str]:
     """Names of external data files referenced by an .onnx file, read straight from its protobuf bytes.
 

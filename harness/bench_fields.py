@@ -1,5 +1,5 @@
-"""The one place outside harness/bench that knows bench.json's field names, for readers of the file
-(`segvae compare`, the W&B bench log). Reads schema v1 (point figures) and v2 (medians with 95%
+"""The one reader of bench.json's record fields: `segvae compare`, the W&B bench log, the report's
+bench tables and the bench's own printed table read records through it. Reads schema v1 (point figures) and v2 (medians with 95%
 intervals: `samples_per_s_ci: [lo, hi]`, `latency_ms_ci: {p50: [lo, hi], ...}`; `accuracy_count`,
 `accuracy_pass` / `accuracy_gate`, `valid`, `invalid_reasons`), so a field renamed in the schema is
 changed here only. A few other spellings of the intervals are accepted too.
@@ -14,7 +14,6 @@ from harness.errors import UserError
 from harness.io import read_json
 
 LATENCY = ("p50", "p90", "p99")
-SPEED_METRICS = ("samples_per_s", *LATENCY)   # samples_per_s: higher is better; latency (ms): lower
 
 
 def load(path: str | Path, what: str = "bench results") -> dict:

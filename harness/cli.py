@@ -10,6 +10,7 @@ import sys
 
 from harness.cli_parser import build_parser
 from harness.errors import UserError
+from harness.run_folder import DEFAULT_OUT
 
 
 def _log_results(a) -> None:
@@ -48,28 +49,17 @@ def _train(a) -> int:
     if a.base_channels is not None:
         cfg = cfg.with_base_channels(a.base_channels)
     cfg.validate()
-    out = a.out or os.path.join("runs", cfg.name)
+    out = a.out or os.path.join(DEFAULT_OUT, cfg.name)
     train(cfg, out_dir=out, data_root=a.data_root, download=a.download, log_with=a.log_with,
           resume=a.resume)
     return 0
 
 
 def _judge(a) -> int:
-    from pathlib import Path
+    from harness.judge import judge_stage
 
-    from harness.judge import judge_is_current, judge_settings, load_judge, train_judge
-    from harness.pipeline import _judge_run
-    from harness.run_folder import data_root_for
-
-    root = a.data_root if a.data_root or not a.runs else str(data_root_for(a.runs[0], None, "segvae judge"))
-    out = Path(a.out) if a.out else Path("runs") / "judges" / a.dataset
-    if not a.retrain and judge_is_current(out, judge_settings(a.dataset, root, a.epochs, a.seed)):
-        print(f"[judge {a.dataset}] reusing the judge in {out} (same settings; --retrain to redo it)", flush=True)
-    else:
-        train_judge(a.dataset, root, out_dir=out, epochs=a.epochs, seed=a.seed)
-    judges = {a.dataset: load_judge(out)}
-    for run in a.runs:
-        _judge_run(Path(run), judges, root)
+    judge_stage(a.dataset, a.runs, data_root=a.data_root, out_dir=a.out, epochs=a.epochs, seed=a.seed,
+                retrain=a.retrain)
     return 0
 
 
@@ -94,7 +84,7 @@ def _predict(a) -> int:
 
 def _bench(a) -> int:
     from harness.bench import BenchConfig, run_bench
-    from harness.pipeline import load_judges
+    from harness.judge import load_judges
 
     fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "device", "threads", "rounds",
                                          "min_queries", "min_duration", "mlperf", "server_qps", "latency_bound_ms",

@@ -5,51 +5,36 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from exports.accuracy_gate import DEFAULT_MAX_MAE, DEFAULT_TARGET
+from harness.compare import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_SLOWDOWN, parse_fraction
 from harness.config import EXPERIMENTS, PRECISIONS
+from harness.errors import UserError
+from harness.presets import PRESETS
+from harness.run_folder import BENCH_FILE
+from harness.wandb_log import check_available
 
 FMT = argparse.RawDescriptionHelpFormatter
 LOG_WITH = ["wandb", "tensorboard", "none"]
 
 
 # ---------------------------------------------------------------------------- value types
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
+def _number(parse, ok, unparsable: str, out_of_range: str):
+    """An argparse type: parse(s), then ok(value), each failure an error saying what was expected."""
+    def convert(s: str):
+        try:
+            v = parse(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unparsable}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {out_of_range}, got {s!r}")
+        return v
+    return convert
 
 
-def positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
-    return v
-
-
-def nonnegative_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
-    return v
-
-
-def nonnegative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
+positive_int = _number(int, lambda v: v >= 1, "a positive integer", "a positive integer")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0", "an integer >= 0")
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive number", "a positive finite number")
+nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0", "a finite number >= 0")
 
 
 def csv(s: str) -> list[str]:
@@ -73,9 +58,6 @@ def csv_seeds(s: str) -> list[int]:
 def tracker(s: str) -> str:
     """--log-with wandb needs wandb installed: say so at parse time, before any work."""
     if s == "wandb":
-        from harness.errors import UserError
-        from harness.wandb_log import check_available
-
         try:
             check_available()
         except UserError as e:
@@ -84,8 +66,6 @@ def tracker(s: str) -> str:
 
 
 def share(s: str) -> float:
-    from harness.compare import parse_fraction
-
     try:
         return parse_fraction(s)
     except ValueError as e:
@@ -173,9 +153,9 @@ def _export(sub) -> None:
                    help="also write model.fp16.onnx / swap.fp16.onnx for ORT's CUDA provider (default: off)")
     e.add_argument("--fp16-tolerance", type=positive_float, default=1e-2,
                    help="fp16 parity bound, x max(1, max |PyTorch output|) (default: 1e-2)")
-    e.add_argument("--accuracy-target", type=positive_float, default=0.99,
+    e.add_argument("--accuracy-target", type=positive_float, default=DEFAULT_TARGET,
                    help="int8 gate: UNet int8 Dice >= TARGET x the fp32 graph's; CVAEs: mean |int8 - fp32| <= "
-                        "0.02 (default: 0.99, MLPerf; 0.999 strict)")
+                        f"{DEFAULT_MAX_MAE} (default: {DEFAULT_TARGET}, MLPerf; 0.999 strict)")
     e.add_argument("--strict", action="store_true",
                    help="refuse to write an int8 graph that fails the gate (default: write it, marked FAIL)")
     e.add_argument("--reduce-range", choices=["auto", "on", "off"], default="auto",
@@ -232,7 +212,7 @@ def _bench(sub) -> None:
     b.add_argument("--accuracy-samples", type=positive_int,
                    help="class-stratified, seeded subset of the test split (default: the whole test split)")
     b.add_argument("--accuracy-target", type=positive_float,
-                   help="gate: metric >= TARGET x the torch fp32 reference (default: 0.99; 0.999 strict)")
+                   help=f"gate: metric >= TARGET x the torch fp32 reference (default: {DEFAULT_TARGET}; 0.999 strict)")
     b.add_argument("--ort-opt-level", choices=["all", "extended", "basic", "disable"],
                    help="ONNX Runtime graph optimization level (default: all)")
     b.add_argument("--processes", type=positive_int,
@@ -247,15 +227,13 @@ def _bench(sub) -> None:
     b.add_argument("--peak-file", help="reuse the probe stored here when it was measured on this machine at the "
                                        "same threads, else probe and store it (default: none: probe every time; "
                                        "segvae run passes OUT/peak.json, so it probes once)")
-    b.add_argument("--out", default="bench.json", help="results file (default: bench.json)")
+    b.add_argument("--out", default=BENCH_FILE, help=f"results file (default: {BENCH_FILE})")
     b.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
                    help="wandb: log the results table, throughput/latency charts and env, linked to the export "
                         "artifacts (offline unless you ran `wandb login`; default: none)")
 
 
 def _compare(sub) -> None:
-    from harness.compare import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_SLOWDOWN
-
     c = _command(sub, "compare", "regression gate: compare two bench.json files (exit 1 on a regression)",
                  "segvae compare main/bench.json pr/bench.json --max-slowdown 5% --out comparison.md",
                  "Faster / slower / no significant change per (experiment, backend, scenario, batch size), from "
@@ -279,8 +257,6 @@ def _report(sub) -> None:
 
 
 def _run(sub) -> None:
-    from harness.pipeline import PRESETS
-
     run = _command(sub, "run", "train, judge, export, bench and report in one go",
                    "segvae run --preset cpu --data-root ../shared/data --out runs-cpu",
                    "Run every stage of a preset; each stage runs as the `segvae` command recorded in "

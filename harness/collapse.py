@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from harness.data import tensors_of
+
 ACTIVE_COV = 0.01
 RETENTION_MIN = 0.2
 COLLAPSED_TEXT = "collapsed: output ignores the source image"
@@ -97,12 +99,10 @@ def verdict(active: int, retained: float) -> bool:
 @torch.no_grad()
 def collapse_metrics(model, dataset, num_classes: int = 10, per_label: int = 100, seed: int = 0) -> dict:
     """The `collapse` object of a CVAE's metrics.json, on `dataset` (the test split)."""
-    from harness.judge import _tensors_of
-
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    x, y = _tensors_of(dataset)
+    x, y = tensors_of(dataset)
     mu, logvar = posterior_stats(model, x, y)
     active = active_units(mu)
     ret = retention(model, x, y, mu, num_classes, per_label, seed)

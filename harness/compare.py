@@ -20,6 +20,7 @@ from pathlib import Path
 from harness import bench_fields as bf
 from harness.bench.config import REFERENCE
 from harness.errors import UserError
+from harness.io import atomic_write_text
 
 DEFAULT_MAX_SLOWDOWN = 0.05
 DEFAULT_MAX_ACCURACY_DROP = 0.005
@@ -147,7 +148,7 @@ def _mark_reference_moves(c: Comparison, old: dict, new: dict) -> None:
         exp, backend, scen, bs = row["key"]
         if (exp, scen, bs) in c.reference_moved:
             verdict, change, metric = c.reference_moved[(exp, scen, bs)]
-            who = "torch-eager itself" if backend == REFERENCE else "torch-eager"
+            who = f"{REFERENCE} itself" if backend == REFERENCE else REFERENCE
             said = (f"{who} was {verdict} ({METRIC_NAMES[metric]} {100 * change:+.1f}%) on the same weights: "
                     "the machine, its load or the bench changed")
             row["note"] = "; ".join(filter(None, [row["note"], said]))
@@ -209,7 +210,7 @@ def to_markdown(c: Comparison, old_name: str, new_name: str, max_slowdown: float
         out[-1] += (f" {which} had intervals on both sides (bench.json schema v1 has none): there the "
                     f"{100 * max_slowdown:g}% threshold alone decides.")
     if c.reference_moved:
-        out += ["", f"**torch-eager moved on unchanged weights** in {len(c.reference_moved)} configuration(s): the "
+        out += ["", f"**{REFERENCE} moved on unchanged weights** in {len(c.reference_moved)} configuration(s): the "
                     f"machine, its load or the bench differ between the files, so those rows' verdicts are not the "
                     f"backends' alone (their notes say so). Bench both commits back to back on one machine to tell."]
     out += ["", "### Speed", ""]
@@ -227,7 +228,6 @@ def to_markdown(c: Comparison, old_name: str, new_name: str, max_slowdown: float
 def run_compare(old_path, new_path, max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
                 max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP, out: str | Path | None = None) -> int:
     """Print (and with `out`, write) the Markdown report; 1 on a regression, else 0."""
-    from harness.io import atomic_write_text
 
     old_doc, new_doc = bf.load(old_path, "OLD bench results"), bf.load(new_path, "NEW bench results")
     c = compare(old_doc, new_doc, max_slowdown, max_accuracy_drop, str(old_path), str(new_path))

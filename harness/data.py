@@ -470,3 +470,50 @@ def build_splits(cfg: "ExperimentConfig", data_root=None, download: bool = False
     train_idx, val_idx = _split_indices(len(full), cfg.val_fraction, cfg.split_seed, cfg.max_train_samples)
     augment = bool(cfg.augment) and cfg.dataset == "pets"
     return {"train": full.subset(train_idx, augment=augment), "val": full.subset(val_idx), "test": test}
+
+
+# ---------------------------------------------------------------------------- whole splits and subsets
+def tensors_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack a dataset of (image [C,H,W] float in [0,1], label) items into two tensors."""
+    if len(dataset) == 0:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and isinstance(labels, torch.Tensor):
+        return images.float() / 255.0, labels.long().reshape(-1)  # LabelledImages: preloaded uint8
+    loader = torch.utils.data.DataLoader(dataset, batch_size=512, shuffle=False, num_workers=0)
+    xs, ys = [], []
+    for batch in loader:
+        xs.append(torch.as_tensor(batch[0], dtype=torch.float32))
+        ys.append(torch.as_tensor(batch[1]).long().reshape(-1))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def class_labels(dataset) -> np.ndarray:
+    """Class of every sample: labels (MNIST/CIFAR) or, for pets, the breed (the image name's
+    prefix before the last '_', as in the Oxford-IIIT list file)."""
+    if hasattr(dataset, "labels"):
+        return np.asarray(dataset.labels).astype(np.int64)
+    names = list(getattr(dataset, "names", []) or [])
+    if len(names) != len(dataset):
+        return np.zeros(len(dataset), dtype=np.int64)  # no names: one class
+    breeds = [n.rsplit("_", 1)[0] for n in names]
+    index = {b: i for i, b in enumerate(sorted(set(breeds)))}
+    return np.asarray([index[b] for b in breeds], dtype=np.int64)
+
+
+def stratified_indices(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """All indices when n is None or >= len(labels); else n indices, each class getting its share
+    n x (class size / total) rounded by largest remainder, drawn at random (seeded) within the
+    class. Returned sorted."""
+    labels = np.asarray(labels)
+    total = len(labels)
+    if n is None or n >= total:
+        return np.arange(total)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = n * counts / total
+    share = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - share), kind="stable")[: n - share.sum()]:
+        share[i] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, share) if k]
+    return np.sort(np.concatenate(picked)) if picked else np.arange(0)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from harness.data import IMAGENET_MEAN, IMAGENET_STD, MASK_RULE, SegmentationDataset, build_splits, class_names
 from harness.errors import UserError
+from harness.labelswap import swap_inputs, wrong_labels
 
 
 def dataset_info(cfg) -> dict:
     """What a graph's metadata says about the run's dataset (class names, normalisation, mask rule)."""
-    from harness.data import IMAGENET_MEAN, IMAGENET_STD, MASK_RULE, class_names
-
     return {"class_names": list(class_names(cfg.dataset)), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "mask_rule": MASK_RULE}
 
@@ -29,7 +29,6 @@ class ExportData:
 
     def split(self, name: str):
         if self._splits is None and self.error is None:
-            from harness.data import build_splits
             try:
                 self._splits = build_splits(self.cfg.replace(augment=False), data_root=self.data_root, download=False)
             except (UserError, OSError) as e:
@@ -56,7 +55,6 @@ def inputs_for(cfg, spec_kind: str, data: ExportData, n: int, split: str = "val"
             return {"image": cycle(x, n)}, f"{split} split"
         s = int(cfg.image_size)
         return {"image": torch.randn(n, 3, s, s, generator=g)}, "random"
-    from harness.labelswap import swap_inputs, wrong_labels
 
     k, latent = cfg.num_classes, int(cfg.model["latent_dim"])
     if ds is not None:
@@ -81,7 +79,6 @@ def seg_eval_set(cfg, data: ExportData):
     val = data.split("val")
     if val is not None:
         return val, "val split"
-    from harness.data import SegmentationDataset
 
     g = torch.Generator().manual_seed(3)
     s = int(cfg.image_size)

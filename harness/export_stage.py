@@ -20,21 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from exports.accuracy_gate import DEFAULT_TARGET, accuracy_gate
+from exports.accuracy_gate import DEFAULT_TARGET, accuracy_gate, check_target, mae_gate
 from exports.onnx_export import (FP16_TOLERANCE, OPSET, REWRITES, GraphSpec, build_metadata, cpu_session,
                                  export_checked, fp16_checked, graph_specs, parity_checks)
 from harness.errors import UserError
 from harness.hardware import machine
 from harness.export_data import ExportData, dataset_info, inputs_for, seg_batch, seg_eval_set
 from harness.io import atomic_write_json
+from harness.run_folder import (EXPORT_FILE, GRAPH_FILES, ONNX_DIR, ONNX_PRECISIONS, data_root_for, load_run,
+                                onnx_name)
 
-EXPORT_JSON = "export.json"
 INT8_SOURCE = "model.int8-source.onnx"  # the rewritten fp32 UNet graph int8 is made from (checked, not shipped)
 # every name an export may write: stale ones from an earlier export are removed when not rewritten
-KNOWN_OUTPUTS = ("model.onnx", "swap.onnx", "decoder.onnx", "model.int8.onnx", "swap.int8.onnx",
-                 "decoder.int8.onnx", "model.fp16.onnx", "swap.fp16.onnx", "decoder.fp16.onnx", EXPORT_JSON)
+KNOWN_OUTPUTS = (*(onnx_name(g, p) for g in GRAPH_FILES.values() for p in ONNX_PRECISIONS), EXPORT_FILE)
 
-__all__ = ["export_run", "EXPORT_JSON", "INT8_SOURCE", "KNOWN_OUTPUTS"]
+__all__ = ["export_run", "INT8_SOURCE", "KNOWN_OUTPUTS"]
 
 
 @dataclass
@@ -58,9 +58,7 @@ class ExportSettings:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise UserError(f"invalid {name}={v!r}: expected a positive number")
-        if not (isinstance(self.accuracy_target, (int, float)) and 0 < self.accuracy_target <= 1):
-            raise UserError(f"invalid accuracy_target={self.accuracy_target!r}: expected a fraction in (0, 1], "
-                            f"e.g. 0.99 (MLPerf) or 0.999 (strict)")
+        check_target(self.accuracy_target)
 
 
 def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, data_root=None,
@@ -79,8 +77,6 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     data_root None: the data root the run recorded (RUN/run.json); a run that recorded none is an error.
     Returns the export.json dict.
     """
-    from harness.run_folder import data_root_for, load_run
-
     settings = ExportSettings(quantize, calib_count, tolerance, threads, fp16, fp16_tolerance, accuracy_target, strict,
                               reduce_range)
     settings.validate()
@@ -88,7 +84,7 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     cfg, model = load_run(run_dir)
     model.eval()
     data_root = data_root_for(run_dir, data_root, "segvae export")  # the run's own data unless told otherwise
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "onnx"
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / ONNX_DIR
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output path exists and is not a directory: {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -101,11 +97,11 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
             to_quantize = replace(
                 graph_specs(cfg, model, fold_batchnorm=fold_batchnorm, pixel_shuffle_up=True)[0], file=INT8_SOURCE)
         report = _export_into(cfg, specs, tmp, data, settings, to_quantize)
-        atomic_write_json(tmp / EXPORT_JSON, report)
-        _move_into_place(tmp, out_dir, [*report["files"], EXPORT_JSON])
+        atomic_write_json(tmp / EXPORT_FILE, report)
+        _move_into_place(tmp, out_dir, [*report["files"], EXPORT_FILE])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    names = ", ".join([*report["files"], EXPORT_JSON])
+    names = ", ".join([*report["files"], EXPORT_FILE])
     print(f"ONNX export of {cfg.name} written to {out_dir}: {names}")
     return report
 
@@ -135,7 +131,7 @@ def _export_into(cfg, specs: list[GraphSpec], tmp: Path, data: ExportData, setti
         files[spec.file].update({"inputs": {n: spec.inputs_doc[n] for n in spec.input_names},
                                  "output": {spec.output_name: spec.output_doc}})
         if settings.fp16 and spec is specs[0]:  # the main graph (model / swap), as for int8
-            name = spec.file.replace(".onnx", ".fp16.onnx")
+            name = onnx_name(spec.file, "fp16")
             parity[name], scales[name] = fp16_checked(spec, tmp / spec.file, tmp / name, checks,
                                                       settings.fp16_tolerance, settings.threads)
             sources[name] = sources[spec.file]
@@ -149,7 +145,7 @@ def _export_into(cfg, specs: list[GraphSpec], tmp: Path, data: ExportData, setti
             checks, sources[source.file] = _checks_for(cfg, source, data)
             _, parity[source.file], scales[source.file] = export_checked(
                 cfg, source, tmp, checks, build_metadata(cfg, source, info), settings.tolerance, settings.threads)
-        name = specs[0].file.replace(".onnx", ".int8.onnx")
+        name = onnx_name(specs[0].file, "int8")
         int8, gate = _int8(cfg, source, tmp / source.file, tmp / name, data, settings)
         int8["graph_rewrites"] = {k: REWRITES[k] for k in source.rewrites}
         files[name] = {"graph": source.kind, "precision": "int8", "bytes": (tmp / name).stat().st_size}
@@ -256,10 +252,9 @@ def _cvae_gate(cfg, fp32, int8, data: ExportData, target: float) -> tuple[dict, 
     measured = {"metric": "abs error of int8 vs fp32 ORT swap outputs (identical eps)", "eval_source": src,
                 "count": count, "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean())}
     print(f"  int8: vs fp32 on {count} {src} inputs (same eps): max abs err {err.max():.4f}, mean {err.mean():.5f}")
-    # no reference metric without the judge: the gate is the MAE bound alone (value = reference = 1)
-    gate = accuracy_gate(1.0, 1.0, target, mae=float(err.mean()))
-    gate.update(metric="mae vs fp32 outputs (judge-free)", ratio=None, value=None, reference=None, count=count,
-                eval_source=src)
+    # no reference metric without the judge: the gate is the MAE bound alone
+    gate = mae_gate(float(err.mean()), target)
+    gate.update(metric="mae vs fp32 outputs (judge-free)", value=None, reference=None, count=count, eval_source=src)
     return measured, _random_fails(gate, src)
 
 

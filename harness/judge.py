@@ -8,15 +8,20 @@ halved-or-lower contrast, pixel noise; `RECIPES[..]["degrade"]`). Before any swa
 the judge is measured on the real test split as is and degraded, and on each class's mean
 training image (what a collapsed CVAE draws), and declared fit or not (`FIT_THRESHOLDS`).
 
-Files (out_dir): `judge.safetensors` (weights, never pickled) and `judge.json` (its settings,
-precision included, `accuracy` {real, blur1, blur2, low_contrast, class_means, counts}, `fit`,
-`fit_reasons`, val_acc, test_acc (= accuracy.real), seconds, ...).
+Files (out_dir, default runs/judges/<dataset>; names in harness.run_folder): `judge.safetensors`
+(weights, never pickled) and `judge.json` (its settings, precision included, `accuracy` {real,
+blur1, blur2, low_contrast, class_means, counts}, `fit`, `fit_reasons`, val_acc, test_acc (=
+accuracy.real), seconds, ...).
+
+The judge stage (`segvae judge`, `judge_stage`) trains or reuses a judge and scores CVAE runs with
+it (`judge_run` -> RUN/labelswap.json); `load_judges` gives `segvae bench --judges` the scorers.
 
 Inputs are images in [0, 1], [N, C, H, W]; the per-channel normalisation lives inside the
 network (buffers), so callers never normalise.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -28,12 +33,16 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from harness.collapse import collapse_metrics
+from harness.config import get_experiment
+from harness.data import build_splits, tensors_of
+from harness.degrade import class_means, gaussian_blur, low_contrast, random_degrade
 from harness.errors import UserError
 from harness.hardware import cpu_has_native_bf16
-
-WEIGHTS_FILE = "judge.safetensors"
-META_FILE = "judge.json"
-JUDGE_DATASETS = ("mnist", "cifar10")
+from harness.io import atomic_write, atomic_write_json, read_json
+from harness.labelswap import judge_swaps
+from harness.run_folder import (JUDGE_FILE, JUDGE_WEIGHTS_FILE, LABELSWAP_FILE, METRICS_FILE, data_root_for,
+                                judge_dir, load_run, load_weights_into)
 
 # Per dataset: network shape and training recipe, tuned on 2 CPU cores (see train_judge).
 RECIPES = {
@@ -134,26 +143,18 @@ class Judge:
             raise ValueError(f"{len(pred)} images but {len(target)} target labels")
         return float((pred == target).mean()) if len(target) else float("nan")
 
-    def accuracy_on(self, dataset) -> float:
-        """Accuracy on a dataset of (image, label) items."""
-        x, y = _tensors_of(dataset)
-        return self.score(x, y)
-
 
 def load_judge(out_dir: str | os.PathLike) -> Judge:
     """Rebuild a judge from out_dir/judge.json + judge.safetensors (never unpickles)."""
-    from harness.run_folder import load_weights_into
-    from harness.io import read_json
-
     out_dir = Path(out_dir)
-    meta = read_json(out_dir / META_FILE, "judge metadata")
+    meta = read_json(out_dir / JUDGE_FILE, "judge metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("arch"), dict):
-        raise UserError(f"{out_dir / META_FILE}: expected a JSON object with an 'arch' object")
+        raise UserError(f"{out_dir / JUDGE_FILE}: expected a JSON object with an 'arch' object")
     try:
         model = JudgeNet(**meta["arch"])
     except (TypeError, ValueError) as e:
-        raise UserError(f"{out_dir / META_FILE}: bad judge arch {meta['arch']!r}: {e}") from None
-    load_weights_into(model, out_dir / WEIGHTS_FILE, f"judge-{meta.get('dataset', '?')}")
+        raise UserError(f"{out_dir / JUDGE_FILE}: bad judge arch {meta['arch']!r}: {e}") from None
+    load_weights_into(model, out_dir / JUDGE_WEIGHTS_FILE, f"judge-{meta.get('dataset', '?')}")
     return Judge(model, meta)
 
 
@@ -182,17 +183,13 @@ def judge_settings(dataset: str, data_root=None, epochs: int | None = None, seed
 
 def judge_is_current(out_dir: str | os.PathLike, settings: dict) -> bool:
     """True when out_dir holds a judge trained with exactly these settings (and its weights)."""
-    import json
-
-    from harness.io import read_json
-
     out_dir = Path(out_dir)
     try:
-        meta = read_json(out_dir / META_FILE, "judge metadata")
+        meta = read_json(out_dir / JUDGE_FILE, "judge metadata")
     except (UserError, OSError):
         return False
     want = json.loads(json.dumps(settings))  # tuples -> lists, as judge.json stores them
-    return (out_dir / WEIGHTS_FILE).is_file() and isinstance(meta, dict) and all(
+    return (out_dir / JUDGE_WEIGHTS_FILE).is_file() and isinstance(meta, dict) and all(
         meta.get(k) == v for k, v in want.items())
 
 
@@ -205,9 +202,6 @@ def train_judge(dataset: str, data_root=None, out_dir=None, epochs: int | None =
     measured on the real test split (judge_fitness). Writes out_dir/judge.safetensors and
     out_dir/judge.json (default out_dir: runs/judges/<dataset>) and returns the judge.json dict.
     """
-    from harness.config import get_experiment
-    from harness.data import build_splits
-
     if dataset not in RECIPES:
         raise UserError(f"no judge for dataset {dataset!r}: expected one of {', '.join(RECIPES)}")
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
@@ -215,12 +209,12 @@ def train_judge(dataset: str, data_root=None, out_dir=None, epochs: int | None =
     recipe = RECIPES[dataset]
     epochs = epochs or recipe["epochs"]
     settings = judge_settings(dataset, data_root, epochs, seed, max_train_samples, precision)
-    out_dir = Path(out_dir) if out_dir is not None else Path("runs") / "judges" / dataset
+    out_dir = Path(out_dir) if out_dir is not None else judge_dir(dataset)
 
     with _threads(threads):
         t0 = time.perf_counter()
         splits = build_splits(get_experiment(f"cvae-{dataset}"), data_root=data_root)
-        data = {k: _tensors_of(splits[k]) for k in ("train", "val", "test")}
+        data = {k: tensors_of(splits[k]) for k in ("train", "val", "test")}
         if max_train_samples:
             data["train"] = tuple(t[:max_train_samples] for t in data["train"])
         log(f"judge {dataset}: {len(data['train'][1])} train / {len(data['val'][1])} val / "
@@ -245,7 +239,7 @@ def train_judge(dataset: str, data_root=None, out_dir=None, epochs: int | None =
         "threads": torch.get_num_threads() if threads is None else threads,
         "counts": {k: int(len(v[1])) for k, v in data.items()},
         "history": fit["history"],
-        "weights": WEIGHTS_FILE,
+        "weights": JUDGE_WEIGHTS_FILE,
     }
     _save(out_dir, model, meta)
     acc = fitness["accuracy"]
@@ -260,8 +254,6 @@ def judge_fitness(judge: "Judge", dataset: str, test, train) -> dict:
     """{"accuracy": {real, blur1, blur2, low_contrast, class_means, counts}, "fit", "fit_reasons"}:
     the judge on the real test split as is, blurred (Gaussian sigma 1 and 2 px), with contrast
     halved around each image's mean, and on each class's mean TRAINING image; fit per FIT_THRESHOLDS."""
-    from harness.degrade import class_means, gaussian_blur, low_contrast
-
     x, y = test
     x = x.float()
     means, mean_labels = class_means(train[0].float(), train[1], judge.model.head.out_features)
@@ -277,8 +269,6 @@ def judge_fitness(judge: "Judge", dataset: str, test, train) -> dict:
 def _fit(model: JudgeNet, train, val, recipe: dict, epochs: int, seed: int, use_bf16: bool, log=print) -> dict:
     """AdamW + OneCycle, label smoothing, crop/flip + degradation augmentation on tensors; keeps the
     best epoch by validation accuracy averaged over real and blurred (sigma 1 px) images."""
-    from harness.degrade import gaussian_blur, random_degrade
-
     x_tr, y_tr = train
     if len(y_tr) == 0:
         raise UserError("the judge's training split is empty")
@@ -353,21 +343,6 @@ def _as_images(images, channels: int) -> torch.Tensor:
     return x
 
 
-def _tensors_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack a dataset of (image [C,H,W] float in [0,1], label) items into two tensors."""
-    if len(dataset) == 0:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
-    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and isinstance(labels, torch.Tensor):
-        return images.float() / 255.0, labels.long().reshape(-1)  # harness.data.LabelledImages: preloaded uint8
-    loader = torch.utils.data.DataLoader(dataset, batch_size=512, shuffle=False, num_workers=0)
-    xs, ys = [], []
-    for batch in loader:
-        xs.append(torch.as_tensor(batch[0], dtype=torch.float32))
-        ys.append(torch.as_tensor(batch[1]).long().reshape(-1))
-    return torch.cat(xs), torch.cat(ys)
-
-
 @contextmanager
 def _threads(n: int | None):
     old = torch.get_num_threads()
@@ -382,8 +357,53 @@ def _threads(n: int | None):
 def _save(out_dir: Path, model: JudgeNet, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    from harness.io import atomic_write, atomic_write_json
-
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out_dir / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"dataset": meta["dataset"]}))
-    atomic_write_json(out_dir / META_FILE, meta)
+    atomic_write(out_dir / JUDGE_WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"dataset": meta["dataset"]}))
+    atomic_write_json(out_dir / JUDGE_FILE, meta)
+
+
+# ----------------------------------------------------------------------------- the judge stage
+def judge_stage(dataset: str, runs=(), data_root=None, out_dir=None, epochs: int | None = None, seed: int = 0,
+                retrain: bool = False) -> Path:
+    """`segvae judge`: train the dataset's judge into out_dir (default runs/judges/<dataset>), or reuse
+    the one there when its settings match, then score each CVAE run (judge_run). data_root None: the
+    data the first run recorded, else the embedded sample. Returns the judge folder."""
+    root = data_root if data_root or not runs else str(data_root_for(runs[0], None, "segvae judge"))
+    out = Path(out_dir) if out_dir else judge_dir(dataset)
+    if not retrain and judge_is_current(out, judge_settings(dataset, root, epochs, seed)):
+        print(f"[judge {dataset}] reusing the judge in {out} (same settings; --retrain to redo it)", flush=True)
+    else:
+        train_judge(dataset, root, out_dir=out, epochs=epochs, seed=seed)
+    judges = {dataset: load_judge(out)}
+    for run in runs:
+        judge_run(Path(run), judges, root)
+    return out
+
+
+def judge_run(run: Path, judges: dict, root) -> None:
+    """Judge a CVAE run in PyTorch (harness.labelswap.judge_swaps) and record, beside the scores, the
+    judge's fitness and the run's collapse metrics (measured here if training did not), so a swap
+    score is never read without them. Runs of other tasks or datasets are left alone."""
+    cfg, model = load_run(run)
+    if cfg.task != "cvae" or cfg.dataset not in judges:
+        return
+    judge = judges[cfg.dataset]
+    test = build_splits(cfg, root)["test"]
+    scores = judge_swaps(model, test, judge, cfg.num_classes, cfg.model.latent_dim)
+    collapse = read_json(run / METRICS_FILE, "metrics").get("collapse")
+    record = {"recon": {"judge_acc_true_label": scores.pop("judge_acc_true_label")},
+              "judge": {"test_acc_real": judge.meta.get("test_acc"), "judge_fit": judge.meta.get("fit"),
+                        "judge_fit_reasons": judge.meta.get("fit_reasons"),
+                        **scores}}
+    if not isinstance(collapse, dict):  # a run trained before collapse was measured at training time
+        record["collapse"] = collapse_metrics(model, test, cfg.num_classes)
+    atomic_write_json(run / LABELSWAP_FILE, record)  # the judge stage's own file: metrics.json stays training's
+
+
+def load_judges(folder: str | os.PathLike) -> dict:
+    """{dataset: judge.score} for every judge under folder (OUT/judges/<dataset>/): what
+    `segvae bench --judges` scores the label swaps with."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--judges folder not found: {folder} (expected OUT/judges from `segvae judge`)")
+    return {d.name: load_judge(d).score for d in sorted(folder.iterdir()) if d.is_dir()}

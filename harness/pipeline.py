@@ -18,6 +18,8 @@ trains everything again.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import shlex
@@ -27,106 +29,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.cli_parser import build_parser
 from harness.config import EXPERIMENTS, ExperimentConfig, get_experiment
+from harness.data import resolve_data_root
 from harness.errors import UserError
 from harness.estimate import estimate
 from harness.hardware import machine
 from harness.io import atomic_write_json
-
-PIPELINE_FILE = "pipeline.json"
-PEAK_FILE = "peak.json"
-FIT_FILE = "fit.json"
-BENCH_FILE = "bench.json"
-JUDGES_DIR = "judges"
-CONFIGS_DIR = "configs"
-
-
-@dataclass
-class Preset:
-    """Overrides applied to the registry's configs, plus what the later stages do."""
-    description: str
-    segmentation: dict = field(default_factory=dict)   # ExperimentConfig fields for UNets
-    cvae: dict = field(default_factory=dict)           # ExperimentConfig fields for CVAEs
-    cvae_by_dataset: dict = field(default_factory=dict)  # dataset -> more CVAE fields ("model": model settings)
-    unet_channels: int | None = None
-    cvae_channels: int | None = None
-    seeds: tuple[int, ...] = (0,)
-    cvae_seeds: tuple[int, ...] | None = None           # None: the same as seeds (--seeds sets both)
-    judge_epochs: dict = field(default_factory=dict)    # dataset -> epochs; absent: the judge recipe's
-    export: dict = field(default_factory=lambda: {"quantize": "int8"})  # `segvae export` flags
-    bench: dict = field(default_factory=dict)           # `segvae bench` flags (BenchConfig fields)
-    minutes_budget: float | None = None                 # fit a slower machine by training the UNets fewer epochs
-
-
-PRESETS: dict[str, Preset] = {
-    "quick": Preset(
-        "A quick CPU look (README's first command): the embedded sample, small widths, short runs.",
-        segmentation={"epochs": 25, "image_size": 128, "batch_size": 8, "lr": 3e-3},
-        cvae={"epochs": 20, "batch_size": 64, "early_stop_patience": None},
-        # MNIST on 1,000 digits collapsed at batch 64 / KL weight 8 (the decoder drew class templates, retention
-        # 0.00); batch 16 (more steps), KL weight 6, 0.5 free nats per latent dim and a narrower initial
-        # likelihood scale escape the template plateau: swap 86.6-91.6% over seeds 0-3, retention 0.53-0.58.
-        cvae_by_dataset={"mnist": {"epochs": 30, "batch_size": 16, "kl_weight": 6.0, "lr": 2e-3, "free_bits": 0.5,
-                                   "model": {"log_scale_init": -2.0}}},
-        unet_channels=16, cvae_channels=32,
-        # the fp32 MNIST judge read 94.7% of real digits after 10 epochs (unfit); 20 epochs: 95.7-97.2% over
-        # seeds 0-1 in fp32 and bf16. A CIFAR-10 judge cannot be fit on 850 images; 10 epochs keep it cheap.
-        judge_epochs={"mnist": 20, "cifar10": 10},
-        bench={"batch_sizes": [1, 8], "rounds": 3, "min_queries": 10, "min_duration": 0.3, "warmup": 2,
-               "accuracy_samples": 200, "backends": ["torch-eager", "torch-bf16", "ort-fp32", "ort-int8"]},
-        # README's first command must stay a quick look on any CPU: where the estimate exceeds this, the
-        # UNets train fewer epochs (the CVAEs keep theirs: fewer let the MNIST CVAE collapse to templates)
-        minutes_budget=11.0,
-    ),
-    "cpu": Preset(
-        "A thorough CPU run on ../shared/data (a 3-breed Oxford-IIIT Pet subset, 8,000 + 8,000 MNIST and "
-        "CIFAR-10 images): the registry's recipes, bf16 UNets over 3 seeds, one seed per CVAE.",
-        segmentation={"mixed_precision": "bf16"},
-        cvae={"early_stop_patience": None},
-        judge_epochs={"mnist": 12}, seeds=(0, 1, 2), cvae_seeds=(0,),  # CIFAR-10: the recipe's 30 (fit)
-        bench={},  # the bench's defaults: 12 interleaved rounds, single-stream and offline batch 8
-    ),
-    "gpu": Preset(
-        "A GPU run with the seed's settings: 64 base channels, 256 px, more epochs, bf16.",
-        segmentation={"image_size": 256, "epochs": 100, "batch_size": 32, "mixed_precision": "bf16"},
-        cvae={"epochs": 100, "batch_size": 256, "mixed_precision": "bf16"},
-        unet_channels=64, cvae_channels=128, seeds=(0, 1, 2),
-        export={"quantize": "int8", "fp16": True},
-        bench={"batch_sizes": [1, 8, 32, 128], "min_queries": 100, "min_duration": 5.0},
-    ),
-}
-
-
-def preset_config(name: str, preset: Preset, seed: int) -> ExperimentConfig:
-    """The registry's recipe with the preset's overrides and the seed: what the run trains."""
-    cfg = get_experiment(name)
-    cfg = apply_overrides(cfg, preset.segmentation if cfg.task == "segmentation" else preset.cvae).replace(seed=seed)
-    if cfg.task == "cvae":
-        cfg = apply_overrides(cfg, preset.cvae_by_dataset.get(cfg.dataset, {}))
-    channels = preset.unet_channels if cfg.task == "segmentation" else preset.cvae_channels
-    if channels:
-        cfg = cfg.with_base_channels(channels)
-    return cfg.validate()
-
-
-def apply_overrides(cfg: ExperimentConfig, overrides: dict) -> ExperimentConfig:
-    """Config fields, plus "model": {...} for the model settings (e.g. log_scale_init)."""
-    import dataclasses
-
-    overrides = dict(overrides)
-    model = overrides.pop("model", None)
-    cfg = cfg.replace(**overrides)
-    return cfg.replace(model=dataclasses.replace(cfg.model, **model)) if model else cfg
-
-
-def task_seeds(preset: Preset, task: str, override: tuple[int, ...] | None) -> tuple[int, ...]:
-    if override:
-        return tuple(override)
-    return tuple(preset.cvae_seeds or preset.seeds) if task == "cvae" else tuple(preset.seeds)
-
-
-def run_dir_name(name: str, seed: int, seeds: tuple[int, ...]) -> str:
-    return name if len(seeds) == 1 else f"{name}-s{seed}"
+from harness.presets import PRESETS, Preset, preset_config, task_seeds
+from harness.run_folder import (BENCH_FILE, CONFIG_FILE, CONFIGS_DIR, DEFAULT_OUT, JUDGES_DIR, LABELSWAP_FILE,
+                                FIT_FILE, METRICS_FILE, PEAK_FILE, PIPELINE_FILE, REPORT_HTML, REPORT_MD, WEIGHTS_FILE, judge_dir,
+                                load_config, run_dir_name)
 
 
 # ---------------------------------------------------------------------------- argv of each stage
@@ -181,11 +94,6 @@ def report_argv(out: Path) -> list[str]:
 def check_argv(argv: list[str]) -> None:
     """Parse a stage's argv with the real parser before any work starts: a preset key without a
     flag fails now, naming it, not after an hour of training."""
-    import contextlib
-    import io
-
-    from harness.cli import build_parser
-
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -221,8 +129,6 @@ class Plan:
 
 def make_plan(preset: str, data_root, experiments, seeds, out_dir, log_with: str, retrain: bool,
               unet_epochs: int | None = None) -> Plan:
-    from harness.data import resolve_data_root
-
     if preset not in PRESETS:
         raise UserError(f"unknown --preset {preset!r}: expected one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
@@ -248,7 +154,7 @@ def make_plan(preset: str, data_root, experiments, seeds, out_dir, log_with: str
     for cfg, run, _ in plan.runs:
         if cfg.task == "cvae" and run in plan.primary:
             datasets.setdefault(cfg.dataset, []).append(run)
-    plan.judges = [judge_argv(ds, plan.root, plan.out / JUDGES_DIR / ds, p.judge_epochs.get(ds), runs, retrain)
+    plan.judges = [judge_argv(ds, plan.root, judge_dir(ds, plan.out), p.judge_epochs.get(ds), runs, retrain)
                    for ds, runs in datasets.items()]
     plan.exports = [export_argv(run, plan.root, p.export) for run in plan.primary]
     plan.bench_settings, plan.left_out = bench_for_machine(p.bench, machine(with_gpu=False))
@@ -289,7 +195,7 @@ def _train_stage(plan: Plan, retrain: bool, ran: list[list[str]], reused: list[s
         _child(argv + resume, f"[train {run.name}]")
 
 
-def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=None, out_dir="runs",
+def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=None, out_dir=DEFAULT_OUT,
                  log_with: str = "none", retrain: bool = False, dry_run: bool = False,
                  full_epochs: bool = False) -> dict:
     plan = make_plan(preset, data_root, experiments, seeds, out_dir, log_with, retrain)
@@ -345,9 +251,9 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
         "bench_left_out": plan.left_out, "unet_epochs_fitted": plan.unet_epochs, "machine": machine().as_dict()})
     _child(plan.report, "[report]")
     wall = time.perf_counter() - t0
-    html = (plan.out / "report.html").resolve()
+    html = (plan.out / REPORT_HTML).resolve()
     print(f"segvae run finished in {wall / 60:.1f} min; report: {html}", flush=True)
-    return {"out": plan.out, "wall_seconds": wall, "html": html, "md": (plan.out / "report.md").resolve()}
+    return {"out": plan.out, "wall_seconds": wall, "html": html, "md": (plan.out / REPORT_MD).resolve()}
 
 
 MIN_FIT_EPOCHS = 8
@@ -389,7 +295,7 @@ def estimate_plan(plan: Plan, retrain: bool, costs: dict | None = None):
     for argv in plan.judges:
         ds = argv[argv.index("judge") + 1]
         epochs = plan.p.judge_epochs.get(ds)
-        if retrain or not judge_is_current(plan.out / JUDGES_DIR / ds, judge_settings(ds, plan.root, epochs)):
+        if retrain or not judge_is_current(judge_dir(ds, plan.out), judge_settings(ds, plan.root, epochs)):
             judges.append((ds, epochs))
     return estimate(runs, judges, plan.root, plan.p.export, plan.bench_settings, costs)
 
@@ -408,8 +314,6 @@ def run_state(run: Path, cfg: ExperimentConfig) -> str:
     finished training. Configs are compared through ExperimentConfig, so a config.json written
     before a field with a default was added still matches.
     """
-    from harness.run_folder import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, load_config
-
     if not (run / CONFIG_FILE).is_file():
         return "none"
     try:
@@ -423,8 +327,6 @@ def run_state(run: Path, cfg: ExperimentConfig) -> str:
 def _forget_result(run: Path):
     """A run directory about to be retrained with another config loses its old results first (its
     metrics and label-swap scores), so a crash part-way can never pair the new config with them."""
-    from harness.run_folder import LABELSWAP_FILE, METRICS_FILE
-
     for name in (METRICS_FILE, LABELSWAP_FILE):
         (run / name).unlink(missing_ok=True)
 
@@ -441,40 +343,3 @@ def _child(argv: list[str], tag: str):
                 tail = (tail + [part])[-20:]
     if proc.wait() != 0:
         raise UserError(f"{tag} failed (exit {proc.returncode}):\n" + "\n".join(tail))
-
-
-def load_judges(folder: str | os.PathLike) -> dict:
-    """{dataset: judge.score} for every judge under folder (OUT/judges/<dataset>/): what
-    `segvae bench --judges` scores the label swaps with."""
-    from harness.judge import load_judge
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"--judges folder not found: {folder} (expected OUT/judges from `segvae judge`)")
-    return {d.name: load_judge(d).score for d in sorted(folder.iterdir()) if d.is_dir()}
-
-
-def _judge_run(run: Path, judges: dict, root: Path):
-    """Judge a CVAE run in PyTorch (harness.labelswap.judge_swaps) and record, beside the scores, the
-    judge's fitness and the run's collapse metrics (measured here if training did not), so a swap
-    score is never read without them."""
-    from harness.collapse import collapse_metrics
-    from harness.data import build_splits
-    from harness.io import read_json
-    from harness.labelswap import judge_swaps
-    from harness.run_folder import LABELSWAP_FILE, METRICS_FILE, load_run
-
-    cfg, model = load_run(run)
-    if cfg.task != "cvae" or cfg.dataset not in judges:
-        return
-    judge = judges[cfg.dataset]
-    test = build_splits(cfg, root)["test"]
-    scores = judge_swaps(model, test, judge, cfg.num_classes, cfg.model.latent_dim)
-    collapse = read_json(run / METRICS_FILE, "metrics").get("collapse")
-    record = {"recon": {"judge_acc_true_label": scores.pop("judge_acc_true_label")},
-              "judge": {"test_acc_real": judge.meta.get("test_acc"), "judge_fit": judge.meta.get("fit"),
-                        "judge_fit_reasons": judge.meta.get("fit_reasons"),
-                        **scores}}
-    if not isinstance(collapse, dict):  # a run trained before collapse was measured at training time
-        record["collapse"] = collapse_metrics(model, test, cfg.num_classes)
-    atomic_write_json(run / LABELSWAP_FILE, record)  # the judge stage's own file: metrics.json stays training's

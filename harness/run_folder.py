@@ -1,18 +1,26 @@
-"""The run folder, the contract between stages: its file names, how each is read and written, and
-what a run records about itself.
+"""The run folder and the output folder of `segvae run`, the contract between stages: every file
+name (every other module imports them from here), how each is read and written, and what a run
+records about itself.
 
     RUN/config.json            the resolved ExperimentConfig (all that rebuilds the model)
     RUN/run.json               data root, data fingerprint and provenance, written at training start
     RUN/model.safetensors      final weights (loading a run never unpickles anything)
+    RUN/best.safetensors       the best epoch's weights while training runs
     RUN/metrics.json           written once by `segvae train`
     RUN/labelswap.json         written once by `segvae judge ... --runs RUN` (CVAEs)
     RUN/samples/               test overlays or the 5x5 label-swap grid
-    RUN/checkpoints/last/      Accelerate state for --resume
-    RUN/onnx/export.json       written by `segvae export` beside its graphs
+    RUN/checkpoints/last/      Accelerate state + trainer_state.json for --resume
+    RUN/onnx/                  `segvae export`: model.onnx or swap.onnx (+ .int8/.fp16), export.json
+
+    OUT/<experiment>[-s<seed>]/   one run folder per experiment and seed (`segvae run`)
+    OUT/configs/<run>.json        the resolved config each training started from
+    OUT/judges/<dataset>/         judge.json + judge.safetensors (harness.judge)
+    OUT/bench.json, OUT/pipeline.json, OUT/report.html, OUT/report.md
 
 Later stages default to the data the run recorded (`data_root_for`), so `segvae export RUN`
 calibrates on what training used, and a run that recorded nothing is an error, not a silent
-fallback to the embedded sample.
+fallback to the embedded sample. Importing this module imports no torch (ORT bench workers
+read the ONNX names here).
 """
 from __future__ import annotations
 
@@ -24,28 +32,73 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from harness.config import ExperimentConfig
 from harness.errors import UserError
 from harness.hardware import machine
 from harness.io import atomic_write, atomic_write_json, read_json
 
+if TYPE_CHECKING:
+    import torch
+
+# ---------------------------------------------------------------------------- RUN/
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 LABELSWAP_FILE = "labelswap.json"
 BEST_FILE = "best.safetensors"
-STATE_FILE = "trainer_state.json"
+BEST_SCRATCH_DIR = "_best"             # where the best weights are written before the rename to BEST_FILE
 SAMPLES_DIR = "samples"
 CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last"
+LAST_CHECKPOINT = "last"               # RUN/checkpoints/last: what --resume loads
+PREVIOUS_CHECKPOINT = "_previous"      # the one before, kept until the new one is in place
+INCOMING_CHECKPOINT = "_incoming"      # the one being written
+STATE_FILE = "trainer_state.json"      # inside a checkpoint: epoch, step, history
 ONNX_DIR = "onnx"
 EXPORT_FILE = "export.json"
 EMBEDDED = "embedded"  # run.json's data_root for the package's embedded sample
+# the graph the bench and `segvae predict` run, per task (exports.onnx_export.graph_specs writes them; a
+# CVAE's decoder.onnx ships beside swap.onnx); other precisions insert theirs: model.int8.onnx
+GRAPH_FILES = {"segmentation": "model.onnx", "cvae": "swap.onnx", "decoder": "decoder.onnx"}
+ONNX_PRECISIONS = ("fp32", "int8", "fp16")
+
+# ---------------------------------------------------------------------------- OUT/ of `segvae run`
+CONFIGS_DIR = "configs"
+JUDGES_DIR = "judges"
+JUDGE_FILE = "judge.json"                 # OUT/judges/<dataset>/judge.json: settings, fitness
+JUDGE_WEIGHTS_FILE = "judge.safetensors"
+BENCH_FILE = "bench.json"
+PEAK_FILE = "peak.json"                   # the bench's matmul probe, measured once per `segvae run`
+FIT_FILE = "fit.json"                     # the UNet epochs `segvae run` fitted to this machine's time budget
+WANDB_DIR = "wandb"                       # RUN/wandb/ (training's tracker), RUN/onnx/wandb/ (the export's)
+WANDB_RUN_FILE = "wandb_run.json"         # RUN/wandb/wandb_run.json: the W&B run training logged to
+WANDB_ARTIFACT_FILE = "wandb_artifact.json"  # RUN/onnx/: which W&B artifact holds these files
+PIPELINE_FILE = "pipeline.json"
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+DEFAULT_OUT = "runs"                      # where commands write when --out is not given
+
+
+def onnx_name(graph_file: str, precision: str) -> str:
+    """model.onnx, int8 -> model.int8.onnx (fp32: the name itself)."""
+    return graph_file if precision == "fp32" else graph_file.replace(".onnx", f".{precision}.onnx")
+
+
+def onnx_path(run_dir: str | os.PathLike, task: str, precision: str) -> Path:
+    """RUN/onnx/<the task's graph in this precision>."""
+    return Path(run_dir) / ONNX_DIR / onnx_name(GRAPH_FILES[task], precision)
+
+
+def run_dir_name(name: str, seed: int, seeds: tuple[int, ...]) -> str:
+    """OUT/<experiment>, or OUT/<experiment>-s<seed> when the experiment runs several seeds."""
+    return name if len(seeds) == 1 else f"{name}-s{seed}"
+
+
+def judge_dir(dataset: str, out: str | os.PathLike = DEFAULT_OUT) -> Path:
+    """OUT/judges/<dataset>: where a dataset's judge lives."""
+    return Path(out) / JUDGES_DIR / dataset
 
 
 # ---------------------------------------------------------------------------- config and weights
@@ -54,6 +107,8 @@ def save_config(run_dir: str | os.PathLike, cfg: ExperimentConfig, extra: dict |
 
 
 def save_weights(run_dir: str | os.PathLike, model: torch.nn.Module, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     return atomic_write(Path(run_dir) / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
@@ -67,6 +122,9 @@ def load_config(run_dir: str | os.PathLike) -> ExperimentConfig:
 
 
 def load_weights_into(model: torch.nn.Module, path: str | os.PathLike, experiment: str = "?") -> torch.nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights not found: {path} (expected a safetensors file written by `segvae train`)")
@@ -172,6 +230,7 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict:
 
 def versions() -> dict:
     import numpy
+    import torch
 
     import harness
 

@@ -6,17 +6,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.collapse import collapse_metrics
 from harness.config import ExperimentConfig
+from harness.data import class_names, denormalize_image
 from harness.figures import save_grid, save_overlays, save_swap_figure
 from harness.labelswap import swap_inputs
-
-SAMPLES_DIR = "samples"
+from harness.run_folder import SAMPLES_DIR
 
 
 def unnormalize(image: torch.Tensor) -> np.ndarray:
     """ImageNet-normalised [3,H,W] -> HxWx3 uint8."""
-    from harness.data import denormalize_image
-
     return (denormalize_image(image.cpu()).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
@@ -34,8 +33,6 @@ def write_samples(cfg: ExperimentConfig, model, test_ds, out_dir: Path, n_overla
                       [m.squeeze(0).numpy() > 0.5 for _, m in items], list(preds))
         return {"overlays": f"{SAMPLES_DIR}/overlays.png"}, {}
 
-    from harness.data import class_names
-
     names = class_names(cfg.dataset)
     inputs = swap_inputs(test_ds, 25, cfg.num_classes, cfg.model.get("latent_dim", 16), seed=0)
     outputs = model.swap(*(inputs[k].to(device) for k in ("image", "label", "new_label", "eps"))).cpu()
@@ -47,8 +44,6 @@ def write_samples(cfg: ExperimentConfig, model, test_ds, out_dir: Path, n_overla
     samples = {"grid": f"{SAMPLES_DIR}/label_swap_grid.png", "sources": f"{SAMPLES_DIR}/label_swap_sources.png",
                "figure": f"{SAMPLES_DIR}/label_swap_figure.png",
                "labels": [[int(a), int(b)] for a, b in zip(inputs["label"], inputs["new_label"])]}
-    from harness.collapse import collapse_metrics
-
     return samples, {"recon": {"mae": reconstruction_mae(model, test_ds), "judge_acc_true_label": None},
                      "collapse": collapse_metrics(model, test_ds, cfg.num_classes)}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from harness.config import ExperimentConfig
 from harness.errors import UserError
 from harness.io import atomic_write_json
+from harness.run_folder import WANDB_DIR, WANDB_RUN_FILE
 
 
 def check_tracker(log_with: str) -> None:
@@ -28,7 +29,7 @@ def init_trackers(accelerator, cfg: ExperimentConfig, out_dir: Path, log_with: s
         from harness.wandb_log import default_mode
 
         default_mode()
-        wandb_dir = out_dir / "wandb"
+        wandb_dir = out_dir / WANDB_DIR
         wandb_dir.mkdir(parents=True, exist_ok=True)
         init_kwargs = {"wandb": {"dir": str(wandb_dir), "name": out_dir.name,
                                  "settings": {"init_timeout": 60}}}
@@ -51,7 +52,7 @@ def _record_wandb_run(accelerator, out_dir: Path, mode: str) -> None:
     try:
         run = accelerator.get_tracker("wandb", unwrap=True)
         path = run.path if isinstance(run.path, str) else "/".join(map(str, run.path))
-        atomic_write_json(out_dir / "wandb" / "wandb_run.json", {
+        atomic_write_json(out_dir / WANDB_DIR / WANDB_RUN_FILE, {
             "id": run.id, "project": run.project, "name": run.name, "mode": mode,
             "path": path if mode in ("online", "run") else None})
     except Exception as e:  # noqa: BLE001 - the record is a convenience for `segvae export --log-with`

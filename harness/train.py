@@ -12,28 +12,30 @@ import math
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from harness.run_folder import (METRICS_FILE, WEIGHTS_FILE, load_weights_into, record_run,
-                                save_config, save_weights)
+from harness.collapse import collapse_line
 from harness.config import ExperimentConfig
+from harness.data import build_splits
 from harness.errors import UserError
 from harness.hardware import cpu_has_native_bf16
 from harness.io import atomic_write_json, read_json
 from harness.metrics import cvae_metrics, cvae_stats, seg_metrics, seg_stats
 from harness.multinode import check_shared_out_dir
+from harness.run_folder import (BEST_FILE, BEST_SCRATCH_DIR, CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, STATE_FILE,
+                                WEIGHTS_FILE, load_weights_into, record_run, save_config, save_weights)
+from harness.samples import write_samples
 from harness.trackers import check_tracker, init_trackers, log_images
-from harness.train_checkpoints import (CHECKPOINT_DIR, STATE_FILE, check_resume, checkpoint_to_resume, fast_forward,
-                                       save_checkpoint, verify_checkpoint)
+from harness.train_checkpoints import (check_resume, checkpoint_to_resume, fast_forward, save_checkpoint,
+                                       verify_checkpoint)
 from models import build_model
 from models.losses import SEGMENTATION_LOSSES, elbo_terms
 
-BEST_FILE = "best.safetensors"
 LOG_EVERY = 10  # steps between the loss readings that logging needs (each one waits for the device)
-_verify_checkpoint = verify_checkpoint  # the name tests and older callers import
 
 
 # ----------------------------------------------------------------------------- data plumbing
@@ -170,11 +172,30 @@ def resolve_precision(requested: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "no"
 
 
+@dataclass
+class TrainState:
+    """What the loop carries from epoch to epoch; each checkpoint holds it (trainer_state.json), so
+    --resume continues with the same step count, best score and history."""
+    epoch: int = 0                 # epochs done
+    step: int = 0                  # optimizer steps done (the LR schedule is fast-forwarded to it)
+    history: list = field(default_factory=list)   # one row per epoch: train loss, val metrics, seconds
+    best_score: float = -math.inf  # score_of(val) of the best epoch so far
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+    bad_epochs: int = 0            # epochs since the best one (early stopping)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
 def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, download: bool = False,
           log_with: str = "none", resume: bool = False) -> dict:
+    """Train cfg into out_dir (see the module docstring), top to bottom: setup, the epoch loop
+    (steps, then validation, best weights and a checkpoint per epoch), the final figures."""
     from accelerate.utils import set_seed
-
-    from harness.data import build_splits
+    from tqdm.auto import tqdm
 
     cfg.validate()
     check_tracker(log_with)  # a missing tracker package fails before data loading
@@ -185,6 +206,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
     check_shared_out_dir(accelerator, out_dir)
     set_seed(cfg.seed)
 
+    # data, model, optimizer, schedule
     splits = build_splits(cfg, data_root, download=download)
     train_loader, sampler, eval_loaders = make_loaders(cfg, splits)
     model = build_model(cfg.task, cfg.model)
@@ -200,15 +222,15 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
         save_config(out_dir, cfg)
         record_run(out_dir, cfg, data_root, argv=None)  # RUN/run.json: data root, fingerprint, provenance
     active = init_trackers(accelerator, cfg, out_dir, log_with)
-    state = {"epoch": 0, "step": 0, "history": [], "best_score": -math.inf, "best_epoch": 0,
-             "train_seconds": 0.0, "samples_seen": 0, "bad_epochs": 0}
+    ckpt_dir = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    state = TrainState()
     found = checkpoint_to_resume(out_dir) if resume else None
     if found is not None:
         verify_checkpoint(found)
         accelerator.load_state(str(found), load_kwargs={"weights_only": True})
-        state = read_json(found / STATE_FILE, "trainer state")
-        fast_forward(scheduler, state["step"])
-        accelerator.print(f"resumed from {found} at epoch {state['epoch']}")
+        state = TrainState.from_dict(read_json(found / STATE_FILE, "trainer state"))
+        fast_forward(scheduler, state.step)
+        accelerator.print(f"resumed from {found} at epoch {state.epoch}")
     elif resume:
         accelerator.print(f"no checkpoint in {out_dir / CHECKPOINT_DIR}: starting from scratch")
 
@@ -216,25 +238,98 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, data_root=None, dow
                       f"{len(splits['test'])} test samples, {accelerator.num_processes} process(es) on "
                       f"{accelerator.device.type}, mixed precision {mixed}, {cfg.epochs} epochs of "
                       f"{steps_per_epoch} steps")
-    loop = {"accelerator": accelerator, "model": model, "optimizer": optimizer, "scheduler": scheduler,
-            "train_loader": train_loader, "sampler": sampler, "val_loader": val_loader}
-    for epoch in range(state["epoch"], cfg.epochs):
-        if cfg.early_stop_patience and state["bad_epochs"] >= cfg.early_stop_patience:
-            accelerator.print(f"early stop: no validation improvement for {state['bad_epochs']} epochs")
+    device = accelerator.device
+    for epoch in range(state.epoch, cfg.epochs):
+        if cfg.early_stop_patience and state.bad_epochs >= cfg.early_stop_patience:
+            accelerator.print(f"early stop: no validation improvement for {state.bad_epochs} epochs")
             break
-        _run_epoch(cfg, loop, state, epoch, out_dir)
-    metrics = _finish(cfg, accelerator, model, val_loader, test_loader, splits, state, mixed, out_dir, active)
+        # The prepared loader re-sets its sampler's epoch from its own counter, which restarts at 0 in
+        # a resumed process: set both, or a resumed epoch sees another order.
+        sampler.set_epoch(epoch)
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        model.train()
+        # The loss sum, the sample count and the first non-finite step stay on the device; the host
+        # reads them every LOG_EVERY steps and at the end of the epoch.
+        t0 = time.perf_counter()
+        total = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
+        count = 0  # known on the host: no device op needed
+        watch = FiniteWatch(device)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not accelerator.is_local_main_process, mininterval=2.0)
+        data_wait, t_ready = 0.0, time.perf_counter()
+        for i, batch in enumerate(bar):
+            data_wait += time.perf_counter() - t_ready  # time the step waited for its batch
+            loss = train_loss(cfg, model, batch, epoch + i / steps_per_epoch)
+            watch.add(loss, state.step)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            n = len(batch[0])
+            total += loss.detach().to(total.dtype) * n
+            count += n
+            if state.step % LOG_EVERY == 0:
+                watch.check(accelerator, epoch, ckpt_dir)
+                value = float(loss.detach())  # the one read of the device per LOG_EVERY steps
+                accelerator.log({"train/loss": value, "lr": scheduler.get_last_lr()[0]}, step=state.step)
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            t_ready = time.perf_counter()
+        watch.check(accelerator, epoch, ckpt_dir)  # before anything of this epoch is kept
+        seconds = time.perf_counter() - t0  # the check above waited for the device's queued work
+        seen, epoch_loss = epoch_totals(accelerator, total, count)
+
+        # validation, the best weights so far, the epoch's row, the checkpoint
+        val = evaluate(cfg, model, val_loader, accelerator)
+        improved = score_of(cfg, val) > state.best_score
+        if improved:
+            state.best_score, state.best_epoch, state.bad_epochs = score_of(cfg, val), epoch + 1, 0
+            if accelerator.is_main_process:
+                save_weights(out_dir / BEST_SCRATCH_DIR, accelerator.unwrap_model(model, keep_torch_compile=False))
+                os.replace(out_dir / BEST_SCRATCH_DIR / WEIGHTS_FILE, out_dir / BEST_FILE)
+        else:
+            state.bad_epochs += 1
+        state.train_seconds += seconds
+        state.samples_seen += seen
+        state.history.append({"epoch": epoch + 1, "train_loss": epoch_loss, "val": val, "seconds": seconds,
+                              "data_wait_seconds": data_wait})
+        state.epoch = epoch + 1
+        accelerator.log({"epoch": epoch + 1, "train/epoch_loss": epoch_loss,
+                         **{f"val/{k}": v for k, v in val.items()}}, step=state.step)
+        accelerator.print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_loss:.4f}, "
+                          + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "count")
+                          + f", {seconds:.1f}s{' *' if improved else ''}")
+        save_checkpoint(accelerator, ckpt_dir, out_dir, asdict(state))
+
+    # the best epoch's weights back in; final figures, weights, samples and metrics.json (rank 0)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if (out_dir / BEST_FILE).is_file():  # the same on every rank: check_shared_out_dir made sure
+        accelerator.wait_for_everyone()
+        load_weights_into(unwrapped, out_dir / BEST_FILE, cfg.name)
+    val = evaluate(cfg, model, val_loader, accelerator)
+    test = evaluate(cfg, model, test_loader, accelerator)
+    metrics = run_metrics(cfg, state, mixed, accelerator, val, test)
+    if accelerator.is_main_process:
+        save_weights(out_dir, unwrapped, {"experiment": cfg.name, "config_hash": cfg.hash()})
+        samples, extra = write_samples(cfg, unwrapped, splits["test"], out_dir)
+        metrics.update(samples=samples, **extra)
+        atomic_write_json(out_dir / METRICS_FILE, metrics)
+        log_images(accelerator, active, {k: out_dir / v for k, v in samples.items() if isinstance(v, str)},
+                   state.step)
+    accelerator.log({**{f"test/{k}": v for k, v in test.items()}}, step=state.step)
+    accelerator.wait_for_everyone()
+
     # Release DDP objects before end_training: gloo aborts at exit ~40% of the time otherwise.
-    del model, optimizer, train_loader, val_loader, test_loader, scheduler, loop
+    del model, unwrapped, optimizer, train_loader, val_loader, test_loader, scheduler
     accelerator.free_memory()
     gc.collect()
     accelerator.end_training()
     if accelerator.is_main_process:
-        (out_dir / "_best").exists() and shutil.rmtree(out_dir / "_best", ignore_errors=True)
+        shutil.rmtree(out_dir / BEST_SCRATCH_DIR, ignore_errors=True)
         print(f"{cfg.name}: test " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items() if k != "count"))
         print(f"outputs in {out_dir.resolve()}")
         if cfg.task == "cvae":  # the last line says whether the label swap follows its source (#16)
-            from harness.collapse import collapse_line
             print(collapse_line(cfg.name, metrics.get("collapse")))
     return metrics
 
@@ -261,53 +356,6 @@ def _make_accelerator(cfg: ExperimentConfig, mixed: str, out_dir: Path, log_with
                         f"new process, as each `segvae train` does") from None
 
 
-def _run_epoch(cfg: ExperimentConfig, loop: dict, state: dict, epoch: int, out_dir: Path) -> None:
-    """One epoch, its validation, best-weights and checkpoint. The loss sum, the sample count and the
-    first non-finite step stay on the device; the host reads them every LOG_EVERY steps and at the end."""
-    from tqdm.auto import tqdm
-
-    accelerator, model, optimizer, scheduler = (loop[k] for k in ("accelerator", "model", "optimizer", "scheduler"))
-    train_loader, ckpt_dir = loop["train_loader"], out_dir / CHECKPOINT_DIR / "last"
-    steps_per_epoch = len(train_loader)
-    # The prepared loader re-sets its sampler's epoch from its own counter, which restarts at 0 in
-    # a resumed process: set both, or a resumed epoch sees another order.
-    loop["sampler"].set_epoch(epoch)
-    if hasattr(train_loader, "set_epoch"):
-        train_loader.set_epoch(epoch)
-    model.train()
-    t0 = time.perf_counter()
-    device = accelerator.device
-    total = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
-    count = 0  # known on the host: no device op needed
-    watch = FiniteWatch(device)
-    bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-               disable=not accelerator.is_local_main_process, mininterval=2.0)
-    data_wait, t_ready = 0.0, time.perf_counter()
-    for i, batch in enumerate(bar):
-        data_wait += time.perf_counter() - t_ready  # time the step waited for its batch
-        loss = train_loss(cfg, model, batch, epoch + i / steps_per_epoch)
-        watch.add(loss, state["step"])
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
-        state["step"] += 1
-        n = len(batch[0])
-        total += loss.detach().to(total.dtype) * n
-        count += n
-        if state["step"] % LOG_EVERY == 0:
-            watch.check(accelerator, epoch, ckpt_dir)
-            value = float(loss.detach())  # the one read of the device per LOG_EVERY steps
-            accelerator.log({"train/loss": value, "lr": scheduler.get_last_lr()[0]}, step=state["step"])
-            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-        t_ready = time.perf_counter()
-    watch.check(accelerator, epoch, ckpt_dir)  # before anything of this epoch is kept
-    epoch_seconds = time.perf_counter() - t0  # the check above waited for the device's queued work
-    seen, train_loss_mean = epoch_totals(accelerator, total, count)
-    _end_epoch(cfg, loop, state, epoch, out_dir, {"seconds": epoch_seconds, "data_wait_seconds": data_wait,
-                                                   "seen": seen, "train_loss": train_loss_mean})
-
-
 def epoch_totals(accelerator, total: torch.Tensor, count: int) -> tuple[int, float]:
     """(samples seen, mean train loss) over all ranks. Both reduced tensors are on accelerator.device:
     NCCL reduces nothing else."""
@@ -315,62 +363,20 @@ def epoch_totals(accelerator, total: torch.Tensor, count: int) -> tuple[int, flo
     return seen, float(accelerator.reduce(total.to(accelerator.device), reduction="sum")) / max(seen, 1)
 
 
-def _end_epoch(cfg: ExperimentConfig, loop: dict, state: dict, epoch: int, out_dir: Path, ep: dict) -> None:
-    accelerator, model = loop["accelerator"], loop["model"]
-    val = evaluate(cfg, model, loop["val_loader"], accelerator)
-    improved = score_of(cfg, val) > state["best_score"]
-    if improved:
-        state.update(best_score=score_of(cfg, val), best_epoch=epoch + 1, bad_epochs=0)
-        if accelerator.is_main_process:
-            save_weights(out_dir / "_best", accelerator.unwrap_model(model, keep_torch_compile=False))
-            os.replace(out_dir / "_best" / WEIGHTS_FILE, out_dir / BEST_FILE)
-    else:
-        state["bad_epochs"] += 1
-    state["train_seconds"] += ep["seconds"]
-    state["samples_seen"] += ep["seen"]
-    state["history"].append({"epoch": epoch + 1, "train_loss": ep["train_loss"], "val": val,
-                             "seconds": ep["seconds"], "data_wait_seconds": ep["data_wait_seconds"]})
-    state["epoch"] = epoch + 1
-    accelerator.log({"epoch": epoch + 1, "train/epoch_loss": ep["train_loss"],
-                     **{f"val/{k}": v for k, v in val.items()}}, step=state["step"])
-    accelerator.print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {ep['train_loss']:.4f}, "
-                      + ", ".join(f"val {k} {v:.4f}" for k, v in val.items() if k != "count")
-                      + f", {ep['seconds']:.1f}s{' *' if improved else ''}")
-    save_checkpoint(accelerator, out_dir / CHECKPOINT_DIR / "last", out_dir, state)
-
-
-def _finish(cfg, accelerator, model, val_loader, test_loader, splits, state, mixed, out_dir, active) -> dict:
-    """Best weights back in, final val/test metrics, weights, samples and metrics.json (rank 0)."""
-    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    if (out_dir / BEST_FILE).is_file():  # the same on every rank: check_shared_out_dir made sure
-        accelerator.wait_for_everyone()
-        load_weights_into(unwrapped, out_dir / BEST_FILE, cfg.name)
-    val = evaluate(cfg, model, val_loader, accelerator)
-    test = evaluate(cfg, model, test_loader, accelerator)
-    metrics = {
+def run_metrics(cfg: ExperimentConfig, state: TrainState, mixed: str, accelerator, val: dict, test: dict) -> dict:
+    """metrics.json's training part: where and how long it ran, the best epoch, final val/test figures."""
+    return {
         "experiment": cfg.name, "task": cfg.task, "seed": cfg.seed,
         "num_processes": accelerator.num_processes, "mixed_precision": mixed,
         **device_info(accelerator.device),
-        "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
-        "train_seconds": state["train_seconds"],
-        "seconds_per_epoch": state["train_seconds"] / max(len(state["history"]), 1),
-        "train_samples_per_s": state["samples_seen"] / max(state["train_seconds"], 1e-9),
-        "data_wait_fraction": sum(h.get("data_wait_seconds", 0.0) for h in state["history"])
-        / max(state["train_seconds"], 1e-9),
-        "val": val, "test": test, "history": state["history"],
+        "epochs_run": state.epoch, "best_epoch": state.best_epoch,
+        "train_seconds": state.train_seconds,
+        "seconds_per_epoch": state.train_seconds / max(len(state.history), 1),
+        "train_samples_per_s": state.samples_seen / max(state.train_seconds, 1e-9),
+        "data_wait_fraction": sum(h.get("data_wait_seconds", 0.0) for h in state.history)
+        / max(state.train_seconds, 1e-9),
+        "val": val, "test": test, "history": state.history,
     }
-    if accelerator.is_main_process:
-        save_weights(out_dir, unwrapped, {"experiment": cfg.name, "config_hash": cfg.hash()})
-        from harness.samples import write_samples
-
-        samples, extra = write_samples(cfg, unwrapped, splits["test"], out_dir)
-        metrics.update(samples=samples, **extra)
-        atomic_write_json(out_dir / METRICS_FILE, metrics)
-        log_images(accelerator, active, {k: out_dir / v for k, v in samples.items() if isinstance(v, str)},
-                    state["step"])
-    accelerator.log({**{f"test/{k}": v for k, v in test.items()}}, step=state["step"])
-    accelerator.wait_for_everyone()
-    return metrics
 
 
 def device_info(device: torch.device) -> dict:
@@ -430,13 +436,3 @@ def _make_scheduler(cfg: ExperimentConfig, optimizer, steps_per_epoch: int):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-
-
-def evaluate_run(run_dir, split: str = "val", data_root=None) -> dict[str, float]:
-    """Evaluate a saved run in this process (no Accelerate): the reference for DDP exactness."""
-    from harness.run_folder import load_run
-    from harness.data import build_splits
-
-    cfg, model = load_run(run_dir)
-    _, _, loaders = make_loaders(cfg, build_splits(cfg, data_root))
-    return evaluate(cfg, model, loaders[split])

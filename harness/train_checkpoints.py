@@ -1,24 +1,22 @@
 """Training checkpoints (Accelerate state under RUN/checkpoints/) for --resume: written by swapping in a
 complete folder, found again after a kill, and verified to hold plain tensors before anything is loaded.
-(The final run format, config.json + model.safetensors, is harness/checkpoint.py.)"""
+(The final run format, config.json + model.safetensors, is harness/run_folder.py.)"""
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
 
-from harness.run_folder import load_config
 from harness.config import ExperimentConfig
 from harness.errors import UserError
 from harness.io import atomic_write_json
-
-STATE_FILE = "trainer_state.json"
-CHECKPOINT_DIR = "checkpoints"
+from harness.run_folder import (CHECKPOINT_DIR, CONFIG_FILE, INCOMING_CHECKPOINT, LAST_CHECKPOINT, PREVIOUS_CHECKPOINT,
+                                STATE_FILE, load_config)
 
 
 def save_checkpoint(accelerator, ckpt_dir: Path, out_dir: Path, state: dict):
     """Accelerate state into a fresh folder, then swapped in: a kill mid-write keeps the previous one."""
-    tmp = ckpt_dir.parent / "_incoming"
+    tmp = ckpt_dir.parent / INCOMING_CHECKPOINT
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
@@ -26,7 +24,7 @@ def save_checkpoint(accelerator, ckpt_dir: Path, out_dir: Path, state: dict):
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(tmp / STATE_FILE, state)  # state travels with its checkpoint
-        old = ckpt_dir.parent / "_previous"
+        old = ckpt_dir.parent / PREVIOUS_CHECKPOINT
         if old.exists():
             shutil.rmtree(old)
         if ckpt_dir.exists():
@@ -39,7 +37,7 @@ def save_checkpoint(accelerator, ckpt_dir: Path, out_dir: Path, state: dict):
 def check_resume(cfg: ExperimentConfig, out_dir: Path, resume: bool):
     if not resume:
         return
-    if not (out_dir / "config.json").is_file():
+    if not (out_dir / CONFIG_FILE).is_file():
         return  # nothing to resume: start fresh
     saved = load_config(out_dir)
     if saved.name != cfg.name or saved.model != cfg.model:
@@ -82,7 +80,7 @@ def fast_forward(scheduler, steps: int):
 
 def checkpoint_to_resume(out_dir: Path) -> Path | None:
     """The newest complete checkpoint: `last`, or `_previous` if a kill fell between the two renames."""
-    for name in ("last", "_previous"):
+    for name in (LAST_CHECKPOINT, PREVIOUS_CHECKPOINT):
         d = out_dir / CHECKPOINT_DIR / name
         if (d / STATE_FILE).is_file():
             return d

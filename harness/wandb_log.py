@@ -22,13 +22,12 @@ import sys
 from pathlib import Path
 
 from harness import bench_fields as bf
+from harness.config import ExperimentConfig
 from harness.errors import UserError
 from harness.io import atomic_write_json, read_json
+from harness.run_folder import CONFIG_FILE, EXPORT_FILE, ONNX_DIR, WANDB_ARTIFACT_FILE, WANDB_DIR, WANDB_RUN_FILE
 
 PROJECT = "segvae-bench"
-SIDECAR = "wandb_artifact.json"       # in the ONNX folder: which artifact holds these files
-TRAINING_RUN_FILE = "wandb_run.json"  # in RUN/wandb/: written by training's tracker (harness.train)
-EXPORT_JSON = "export.json"
 DEFAULT_HOST = "https://api.wandb.ai"
 
 
@@ -106,17 +105,15 @@ def training_run(run_dir: str | os.PathLike, export: dict | None = None) -> dict
     folder, experiment and config hash, which name it without W&B."""
     run_dir = Path(run_dir)
     cfg = {}
-    if (run_dir / "config.json").is_file():
-        cfg = read_json(run_dir / "config.json", "run config")
+    if (run_dir / CONFIG_FILE).is_file():
+        cfg = read_json(run_dir / CONFIG_FILE, "run config")
     export = export or {}
     out = {"run_dir": str(run_dir.resolve()), "experiment": export.get("experiment") or cfg.get("name"),
            "config_hash": export.get("config_hash"), "wandb_run_id": None, "wandb_project": None,
            "wandb_run_path": None}
     if out["config_hash"] is None and cfg:
         try:
-            from harness.config import ExperimentConfig
-
-            out["config_hash"] = ExperimentConfig.from_dict(cfg, str(run_dir / "config.json")).hash()
+            out["config_hash"] = ExperimentConfig.from_dict(cfg, str(run_dir / CONFIG_FILE)).hash()
         except Exception:  # noqa: BLE001 - the hash is a convenience, the folder still names the run
             pass
     out.update(_wandb_run_of(run_dir))
@@ -125,7 +122,7 @@ def training_run(run_dir: str | os.PathLike, export: dict | None = None) -> dict
 
 def _wandb_run_of(run_dir: Path) -> dict:
     """The training's W&B run: RUN/wandb/wandb_run.json, else the newest RUN/wandb/wandb/*run-*-<id> folder."""
-    rec = run_dir / "wandb" / TRAINING_RUN_FILE
+    rec = run_dir / WANDB_DIR / WANDB_RUN_FILE
     if rec.is_file():
         try:
             d = read_json(rec, "W&B training run record")
@@ -134,7 +131,7 @@ def _wandb_run_of(run_dir: Path) -> dict:
                         "wandb_run_path": d.get("path")}
         except UserError:
             pass
-    folders = sorted((p for p in (run_dir / "wandb" / "wandb").glob("*run-*-*") if p.is_dir()),
+    folders = sorted((p for p in (run_dir / WANDB_DIR / "wandb").glob("*run-*-*") if p.is_dir()),
                      key=lambda p: p.name.split("run-", 1)[1])
     if folders:
         return {"wandb_run_id": folders[-1].name.rsplit("-", 1)[1], "wandb_project": PROJECT, "wandb_run_path": None}
@@ -148,8 +145,8 @@ def log_export(run_dir: str | os.PathLike, onnx_dir: str | os.PathLike | None = 
     if not is_main_process():
         return None
     run_dir = Path(run_dir)
-    onnx_dir = Path(onnx_dir) if onnx_dir is not None else run_dir / "onnx"
-    export = read_json(onnx_dir / EXPORT_JSON, "export metadata")
+    onnx_dir = Path(onnx_dir) if onnx_dir is not None else run_dir / ONNX_DIR
+    export = read_json(onnx_dir / EXPORT_FILE, "export metadata")
     files = [f for f in (export.get("files") or {}) if (onnx_dir / f).is_file()]
     for f in list(files):  # external tensor data travels with its graph
         if (onnx_dir / f"{f}.data").is_file() and f"{f}.data" not in files:
@@ -160,16 +157,16 @@ def log_export(run_dir: str | os.PathLike, onnx_dir: str | os.PathLike | None = 
           else f"run folder {trained['run_dir']}")
     desc = (f"ONNX export of {trained['experiment']} (config {trained['config_hash']}), trained by {by}; "
             f"files: {', '.join(files)}")
-    export_sha = _sha256(onnx_dir / EXPORT_JSON)
+    export_sha = _sha256(onnx_dir / EXPORT_FILE)
     alias = f"export-{export_sha[:12]}"
     try:
         import wandb
 
-        run, mode = _init(onnx_dir / "wandb", "export", f"export-{trained['experiment']}",
+        run, mode = _init(onnx_dir / WANDB_DIR, "export", f"export-{trained['experiment']}",
                           {"training_run": trained, "export_json_sha256": export_sha})
         art = wandb.Artifact(name, type="model", description=desc,
                              metadata={"training_run": trained, "export": export})
-        for f in [*files, EXPORT_JSON]:
+        for f in [*files, EXPORT_FILE]:
             art.add_file(str(onnx_dir / f), name=f)
         run.log_artifact(art, aliases=["latest", alias])
         record = {"name": name, "type": "model", "project": PROJECT, "alias": alias, "digest": art.digest,
@@ -179,15 +176,15 @@ def log_export(run_dir: str | os.PathLike, onnx_dir: str | os.PathLike | None = 
     except Exception as e:  # noqa: BLE001 - never take the export down
         _warn("the ONNX artifact", e)
         return None
-    atomic_write_json(onnx_dir / SIDECAR, record)
+    atomic_write_json(onnx_dir / WANDB_ARTIFACT_FILE, record)
     print(f"W&B ({mode}): ONNX artifact {name}:{alias} from {by}", flush=True)
     return record
 
 
 def artifact_of(run_dir: str | os.PathLike) -> dict | None:
     """The artifact record of RUN/onnx when it still describes the files there (export.json unchanged)."""
-    onnx_dir = Path(run_dir) / "onnx"
-    side, export = onnx_dir / SIDECAR, onnx_dir / EXPORT_JSON
+    onnx_dir = Path(run_dir) / ONNX_DIR
+    side, export = onnx_dir / WANDB_ARTIFACT_FILE, onnx_dir / EXPORT_FILE
     if not (side.is_file() and export.is_file()):
         return None
     try:
@@ -244,7 +241,7 @@ def log_bench(bench_path: str | os.PathLike, run_dirs=()) -> str | None:
         import wandb
 
         commit = str(bf.env(doc).get("git_commit") or "")[:10]
-        run, mode = _init(bench_path.parent / "wandb", "bench", f"bench-{commit or bench_path.stem}", config)
+        run, mode = _init(bench_path.parent / WANDB_DIR, "bench", f"bench-{commit or bench_path.stem}", config)
         for a in used:
             _use(run, mode, a)
         rows = table_rows(doc)

@@ -7,10 +7,9 @@ import torch
 
 from exports.onnx_export import graph_specs
 from harness.bench.backends import REGISTRY, example_inputs
-from harness.bench.backends_ort import onnx_path
 from harness.bench.device import resolve_device
 from harness.bench.trackers import flops_per_sample
-from harness.run_folder import load_run
+from harness.run_folder import load_run, onnx_path
 
 BATCH_SIZES = (1, 8)
 CPU = resolve_device("cpu", cuda_available=False, cuda_count=0)

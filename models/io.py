@@ -50,14 +50,18 @@ def atomic_write_text(path, text: str) -> Path:
 
 
 def atomic_write_json(path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=jsonable) + "\n")
 
 
-def _jsonable(o):
-    if hasattr(o, "item"):
-        return o.item()
+def jsonable(o):
+    """json.dumps `default` for every file and message the project writes: paths, numpy arrays
+    (.tolist()), numpy and torch scalars (.item())."""
     if isinstance(o, Path):
         return str(o)
+    if getattr(o, "ndim", 0) and hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 

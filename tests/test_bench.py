@@ -17,10 +17,10 @@ import torch
 from harness.bench import BenchConfig, run_bench
 from harness.bench import scenarios as sc
 from harness.bench import stats
-from harness.bench.backends import REGISTRY, TorchCompile, TorchEager, files_size
+from harness.bench.backends import REGISTRY, TorchCompile, TorchEager
 from harness.bench.device import Device
 from harness.bench.records import RECORD_FIELDS, SERVER_FIELDS, SCHEMA_VERSION
-from harness.bench.trackers import ENV_FIELDS, sha256
+from harness.bench.trackers import ENV_FIELDS, files_size, sha256
 from harness.run_folder import WEIGHTS_FILE, load_run, save_config, save_weights
 from harness.config import get_experiment
 from harness.errors import UserError
@@ -349,7 +349,8 @@ def test_stale_or_missing_onnx_is_refused(runs, data_root, tmp_path):
 
 # ---------------------------------------------------------------------------- pieces
 def test_io_binding_path_on_the_cpu_provider(runs):
-    from harness.bench.backends_ort import OrtFP32, onnx_path
+    from harness.bench.backends_ort import OrtFP32
+    from harness.run_folder import onnx_path
 
     cfg, _ = load_run(runs["cvae"])
     job = {"task": "cvae", "onnx": {"fp32": {"path": str(onnx_path(runs["cvae"], "cvae", "fp32"))}}}

@@ -15,7 +15,7 @@ from harness.judge import RECIPES, Judge, JudgeNet, load_judge, train_judge
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_train_writes_files_and_load_round_trips(dataset, data_root, tmp_path):
     from harness.config import get_experiment
-    from harness.data import build_splits
+    from harness.data import build_splits, tensors_of
 
     out = tmp_path / "judge"
     lines = []
@@ -36,7 +36,7 @@ def test_train_writes_files_and_load_round_trips(dataset, data_root, tmp_path):
 
     judge = load_judge(out)
     test = build_splits(get_experiment(f"cvae-{dataset}"), data_root)["test"]
-    assert judge.accuracy_on(test) == pytest.approx(meta["test_acc"])  # same model as the one trained
+    assert judge.score(*tensors_of(test)) == pytest.approx(meta["test_acc"])  # same model as the one trained
     x = torch.stack([test[i][0] for i in range(len(test))])
     a, b = judge.predict(x), load_judge(out).predict(x.numpy())
     assert a.dtype == np.int64 and a.shape == (len(test),)

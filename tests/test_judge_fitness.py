@@ -94,17 +94,17 @@ def test_blurred_real_images_are_scored_by_the_judge(separable):
     """judge_fitness's numbers are the judge's own scores of the degraded real test split."""
     from harness.config import get_experiment
     from harness.data import build_splits
-    from harness.judge import _tensors_of
+    from harness.data import tensors_of
 
     root, out, meta = separable
     judge = load_judge(out)
     splits = build_splits(get_experiment("cvae-mnist"), root)
-    x, y = _tensors_of(splits["test"])
+    x, y = tensors_of(splits["test"])
     assert meta["accuracy"]["blur1"] == judge.score(gaussian_blur(x, 1.0), y)
     assert meta["accuracy"]["blur2"] == judge.score(gaussian_blur(x, 2.0), y)
     assert meta["accuracy"]["low_contrast"] == judge.score(low_contrast(x, 0.5), y)
     # a judge that reads nothing is unfit, with its reasons
-    blank = judge_fitness(judge, "mnist", (torch.zeros(20, 1, 28, 28), torch.arange(20) % 10), _tensors_of(splits["train"]))
+    blank = judge_fitness(judge, "mnist", (torch.zeros(20, 1, 28, 28), torch.arange(20) % 10), tensors_of(splits["train"]))
     assert blank["fit"] is False and any(r.startswith("real") for r in blank["fit_reasons"])
 
 

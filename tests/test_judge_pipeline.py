@@ -1,4 +1,4 @@
-"""The swap pipeline end to end on fixture data: train a tiny CVAE, train a judge, `_judge_run`, report."""
+"""The swap pipeline end to end on fixture data: train a tiny CVAE, train a judge, `judge_run`, report."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,7 @@ from tests.helpers import TINY_CVAE, cli
 
 @pytest.fixture(scope="module")
 def judged_run(tmp_path_factory, data_root):
-    from harness.judge import load_judge, train_judge
-    from harness.pipeline import _judge_run
+    from harness.judge import judge_run, load_judge, train_judge
 
     out = tmp_path_factory.mktemp("runs")
     run = out / "cvae-mnist"
@@ -21,7 +20,7 @@ def judged_run(tmp_path_factory, data_root):
     train_judge("mnist", data_root, out_dir=out / "judges" / "mnist", epochs=1, threads=1, precision="fp32",
                 log=lambda s: None)
     judge = load_judge(out / "judges" / "mnist")
-    _judge_run(run, {"mnist": judge}, data_root)
+    judge_run(run, {"mnist": judge}, data_root)
     return out, run, judge, before, last
 
 
@@ -74,13 +73,13 @@ def test_report_shows_fitness_and_retention_beside_swap_scores(judged_run):
 
 def test_a_run_trained_before_collapse_metrics_gets_them_when_judged(judged_run, data_root):
     """Runs reused from before #16 have no `collapse` in metrics.json: judging measures it, the same way."""
-    from harness.pipeline import _judge_run
+    from harness.judge import judge_run
 
     _, run, judge, before, _ = judged_run
     m = json.loads((run / "metrics.json").read_text())
     del m["collapse"]
     (run / "metrics.json").write_text(json.dumps(m))
-    _judge_run(run, {"mnist": judge}, data_root)
+    judge_run(run, {"mnist": judge}, data_root)
     again = json.loads((run / "labelswap.json").read_text())["collapse"]
     assert again["active_units"] == before["collapse"]["active_units"]
     assert again["retention"] == pytest.approx(before["collapse"]["retention"], rel=1e-5)

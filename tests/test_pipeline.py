@@ -7,7 +7,8 @@ import torch
 
 from harness.config import get_experiment
 from harness.errors import UserError
-from harness.pipeline import PRESETS, preset_config, run_dir_name, task_seeds
+from harness.presets import PRESETS, preset_config, task_seeds
+from harness.run_folder import run_dir_name
 
 
 def test_cpu_preset_seeds_per_task_and_override():

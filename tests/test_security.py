@@ -175,23 +175,23 @@ def test_resume_refuses_pickled_optimizer_state(pipeline, data_root, tmp_path):
 def test_resume_refuses_pickled_random_states(pipeline, tmp_path):
     """Same check as above on random_states_0.pkl, through the function the resume path calls."""
     from harness.errors import UserError
-    from harness.train import _verify_checkpoint
+    from harness.train_checkpoints import verify_checkpoint
 
     ckpt = copy_run(pipeline["run"] / "checkpoints" / "last", tmp_path / "last")
-    _verify_checkpoint(ckpt)  # the genuine checkpoint loads with weights_only=True
+    verify_checkpoint(ckpt)  # the genuine checkpoint loads with weights_only=True
     marker = tmp_path / "MARKER"
     bad = ckpt / "random_states_0.pkl"
     assert bad.is_file()
     for payload in (boom_torch(marker), boom_pickle(marker)):
         bad.write_bytes(payload)
         with pytest.raises(UserError, match=re.escape(str(bad))):
-            _verify_checkpoint(ckpt)
+            verify_checkpoint(ckpt)
         assert not marker.exists()
 
 
 def test_resume_names_a_bad_checkpoint_safetensors(pipeline, tmp_path):
     from harness.errors import UserError
-    from harness.train import _verify_checkpoint
+    from harness.train_checkpoints import verify_checkpoint
 
     ckpt = copy_run(pipeline["run"] / "checkpoints" / "last", tmp_path / "last")
     marker = tmp_path / "MARKER"
@@ -199,14 +199,15 @@ def test_resume_names_a_bad_checkpoint_safetensors(pipeline, tmp_path):
     bad.write_bytes(boom_pickle(marker))
     try:
         with pytest.raises(UserError, match=re.escape(str(bad))):
-            _verify_checkpoint(ckpt)
+            verify_checkpoint(ckpt)
     finally:
         assert not marker.exists()
 
 
 def test_judge_refuses_pickled_weights(tmp_path):
     from harness.errors import UserError
-    from harness.judge import META_FILE, RECIPES, WEIGHTS_FILE, load_judge
+    from harness.judge import RECIPES, load_judge
+    from harness.run_folder import JUDGE_FILE as META_FILE, JUDGE_WEIGHTS_FILE as WEIGHTS_FILE
 
     d = tmp_path / "judges" / "mnist"
     d.mkdir(parents=True)

@@ -14,13 +14,20 @@ from PIL import Image
 
 from harness.run_folder import load_run
 from harness.data import build_splits
-from harness.train import evaluate_run
+from harness.train import evaluate, make_loaders
 from tests.fixtures import make_pets
 from tests.helpers import REPO, TINY_CVAE, TINY_UNET, cli, launch, without_timings
 
 
 def read(path):
     return json.loads(path.read_text())
+
+
+def evaluate_run(run_dir, split: str, data_root) -> dict[str, float]:
+    """A saved run evaluated in this process (no Accelerate): the reference for DDP exactness."""
+    cfg, model = load_run(run_dir)
+    _, _, loaders = make_loaders(cfg, build_splits(cfg, data_root))
+    return evaluate(cfg, model, loaders[split])
 
 
 @pytest.fixture(scope="module")

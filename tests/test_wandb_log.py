@@ -10,6 +10,7 @@ import pytest
 
 from harness import wandb_log
 from harness.errors import UserError
+from harness.run_folder import WANDB_ARTIFACT_FILE
 from tests.helpers import TINY_UNET, cli
 from tests.test_compare import bench_v1, bench_v2
 from tests.test_security import _wandb_records as wandb_records  # .wandb reader via wandb's protobufs
@@ -87,7 +88,7 @@ def _trained_run(root: Path) -> tuple[Path, str]:
 def test_export_artifact_names_its_training_run_and_bench_logs_table(offline_env):
     run_dir, train_id = _trained_run(offline_env)
     side = wandb_log.log_export(run_dir)
-    assert side == json.loads((run_dir / "onnx" / wandb_log.SIDECAR).read_text())
+    assert side == json.loads((run_dir / "onnx" / WANDB_ARTIFACT_FILE).read_text())
     folder, recs = offline_run(run_dir / "onnx" / "wandb")
     arts = of_type(recs, "artifact")
     model = [a for a in arts if a.type == "model"]

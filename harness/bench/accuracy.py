@@ -7,48 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from exports.accuracy_gate import accuracy_gate
-
-
-def class_labels(dataset) -> np.ndarray:
-    """Class of every sample: labels (MNIST/CIFAR) or, for pets, the breed (the image name's
-    prefix before the last '_', as in the Oxford-IIIT list file)."""
-    if hasattr(dataset, "labels"):
-        return np.asarray(dataset.labels).astype(np.int64)
-    names = list(getattr(dataset, "names", []) or [])
-    if len(names) != len(dataset):
-        return np.zeros(len(dataset), dtype=np.int64)  # no names: one class
-    breeds = [n.rsplit("_", 1)[0] for n in names]
-    index = {b: i for i, b in enumerate(sorted(set(breeds)))}
-    return np.asarray([index[b] for b in breeds], dtype=np.int64)
-
-
-def stratified_indices(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    """All indices when n is None or >= len(labels); else n indices, each class getting its share
-    n x (class size / total) rounded by largest remainder, drawn at random (seeded) within the
-    class. Returned sorted."""
-    labels = np.asarray(labels)
-    total = len(labels)
-    if n is None or n >= total:
-        return np.arange(total)
-    classes, counts = np.unique(labels, return_counts=True)
-    exact = n * counts / total
-    share = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - share), kind="stable")[: n - share.sum()]:
-        share[i] += 1
-    rng = np.random.default_rng(seed)
-    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, share) if k]
-    return np.sort(np.concatenate(picked)) if picked else np.arange(0)
+from exports.accuracy_gate import accuracy_gate, mae_gate
+from harness.data import build_splits, class_labels, stratified_indices
+from harness.errors import UserError
+from harness.labelswap import swap_inputs
+from harness.metrics import seg_metrics, seg_stats
 
 
 def prepare_inputs(cfg, data_root, n_samples: int | None, seed: int, folder: Path) -> dict:
     """Write the accuracy/timing inputs of one run as .npy files in `folder`; returns
     {"n", "class_counts", "subset"} (subset: "whole test split" or how it was drawn)."""
     import torch
-
-    from harness.data import build_splits
-    from harness.errors import UserError
-    from harness.labelswap import swap_inputs
 
     test = build_splits(cfg, data_root)["test"]
     if len(test) == 0:
@@ -85,8 +54,6 @@ def figures(task: str, parts: list[dict], folder: Path, ref: dict | None, judge)
     if task == "segmentation":
         import torch
 
-        from harness.metrics import seg_metrics, seg_stats
-
         masks = np.load(folder / "mask.npy", allow_pickle=False)
         m = seg_metrics(seg_stats(torch.from_numpy(out.astype(np.float32) - 0.5), torch.from_numpy(masks)))
         acc["dice"], acc["iou"] = m["dice"], m["iou"]
@@ -113,8 +80,7 @@ def gate(task: str, acc: dict, ref: dict, target: float) -> dict:
         g = accuracy_gate(acc["judge_acc"], ref["judge_acc"], target, mae=acc["mean_abs_err"])
         g["metric"] = "judge label-swap success + MAE vs fp32"
     else:  # no judge: the output error alone decides, and the record says so
-        g = accuracy_gate(1.0, 1.0, target, mae=acc["mean_abs_err"])
-        g["ratio"] = None
+        g = mae_gate(acc["mean_abs_err"], target)
         why = acc.get("_judge_error") or ref.get("_judge_error")
         g["metric"] = f"MAE vs fp32 only ({'judge failed: ' + why if why else 'no judge given'})"
     return g

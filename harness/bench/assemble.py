@@ -8,7 +8,10 @@ from typing import Mapping
 from harness.bench import accuracy, records
 from harness.bench.backends import REGISTRY
 from harness.bench.config import REFERENCE
+from harness.bench.scenarios import SCENARIOS
+from harness.bench.trackers import sha256
 from harness.hardware import NATIVE, backend_status
+from harness.run_folder import WEIGHTS_FILE
 
 
 def _judge_for(judge_fn, job: dict):
@@ -39,8 +42,6 @@ def _base(ctx, job: dict, name: str, ranks: list[dict], acc: dict, gate: dict) -
         f = job["onnx"][cls.precision]
         model_file, sha = f["path"], f["sha256"]
     else:
-        from harness.run_folder import WEIGHTS_FILE
-        from harness.bench.trackers import sha256
         model_file = str(Path(job["run_dir"]) / WEIGHTS_FILE)
         sha = sha256(model_file)
     finish = [r["finish"] for r in ranks]
@@ -85,7 +86,7 @@ def _run_records(ctx, job: dict, per_rank: list[dict]) -> list[dict]:
         ranks = [p[name] for p in per_rank]
         err = next((r["error"] for r in ranks if r["error"]), None)
         if err or ref is None:
-            ctx.skipped[f"{job['run']}/{name}"] = err or "no accuracy reference (torch-eager failed on this run)"
+            ctx.skipped[f"{job['run']}/{name}"] = err or f"no accuracy reference ({REFERENCE} failed on this run)"
             continue
         acc = accuracy.figures(job["task"], [r["acc"] for r in ranks], folder, None if name == REFERENCE else ref, judge)
         acc["dice_delta"] = None if acc["dice"] is None else acc["dice"] - ref["dice"]
@@ -96,13 +97,13 @@ def _run_records(ctx, job: dict, per_rank: list[dict]) -> list[dict]:
             scen, bs = key.split("|")[0], int(key.split("|")[1])
             ref_fig = records.round_figures(ref_rounds[key]) if ref_rounds.get(key) else None
             variants = [(None, rounds, 1)]
-            if ctx.dist.world > 1 and scen == "offline":
+            if ctx.dist.world > 1 and SCENARIOS[scen].all_ranks:
                 rank_rounds = [r["rounds"][key] for r in ranks]
                 variants = [(i, rr, 1) for i, rr in enumerate(rank_rounds)] + [(None, _aggregate(rank_rounds), len(ranks))]
                 ref_fig = records.round_figures(_aggregate([p[REFERENCE]["rounds"][key] for p in per_rank])) \
                     if ref_fig is not None else None
             for rank, rr, n_proc in variants:
-                rec = records.build_record(base, scen, bs, rr, ctx.cfg, ref_fig, ranks[0]["search"] if scen == "server"
+                rec = records.build_record(base, scen, bs, rr, ctx.cfg, ref_fig, ranks[0]["search"] if SCENARIOS[scen].paced
                                            else None, rank=rank, peak_g=_peak_for(ctx, name), n_proc=n_proc)
                 rec["compile_s"] = compile_map.get(str(bs))
                 out.append(rec)
@@ -115,7 +116,7 @@ def assemble(ctx, jobs: list[dict], gathered: list[list[dict]]) -> list[dict]:
     for j, job in enumerate(jobs):
         out.extend(_run_records(ctx, job, [g[j] for g in gathered]))
     order = {n: i for i, n in enumerate(ctx.names)}
-    scen = {"single-stream": 0, "offline": 1, "server": 2}
+    scen = {name: i for i, name in enumerate(SCENARIOS)}
     run_order = {job["run"]: i for i, job in enumerate(jobs)}
     out.sort(key=lambda r: (run_order[r["run"]], order[r["backend"]], scen[r["scenario"]], r["batch_size"],
                             -1 if r["rank"] is None else r["rank"]))

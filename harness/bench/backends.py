@@ -1,21 +1,6 @@
-"""Inference backends: one small class each behind one interface, joined by a registry.
-
-A backend wraps one way of running a trained run's inference graph:
-
-  segmentation  inputs {"image": [B,3,S,S] float32}                          -> logits [B,1,S,S]
-  cvae          inputs {"image", "label", "new_label", "eps"} (label swap)   -> generated [B,C,H,W]
-
-Interface (duck-typed; `Backend` is the base):
-  name, precision, family               class attributes
-  available(device) -> (bool, reason)   can this backend run on this device at all?
-  load(job, threads, device)            build the model/session for one run (job: the runner's dict)
-  prepare(batch_size) -> dict | None    one-off work for a batch size (compile: cold/warm seconds)
-  bind(inputs) -> run()                 inputs placed where the backend computes ONCE; run() is one
-                                        timed query (it synchronizes on a GPU)
-  __call__(inputs) -> np.ndarray        one inference with host copies (the accuracy pass)
-  h2d_ms(inputs) -> float | None        host-to-device copy of these inputs, timed apart (GPU only)
-  form -> dict                          what exactly is timed (graph form, weights, TF32, IO binding)
-  model_file() -> Path | None           the file it runs (for size and sha256)
+"""PyTorch inference backends and the REGISTRY of every backend (one class per way of running a
+run's graph; the interface is `harness.bench.backend_base.Backend`). A new backend is one new file
+with a Backend subclass, added to REGISTRY here.
 
 PyTorch backends run the graph in the form it is exported in (exports.onnx_export.graph_specs:
 BatchNorm folded), so they and ONNX Runtime compute the same function. Nothing here imports
@@ -31,26 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.bench.backends_ort import (INPUT_NAMES, OrtCuda, OrtCudaFP16, OrtFP32, OrtInt8, OrtTensorRT,
-                                        files_size)
+from harness.bench.backend_base import INPUT_NAMES, Backend
+from harness.bench.backends_ort import OrtCuda, OrtCudaFP16, OrtFP32, OrtInt8, OrtTensorRT
+from harness.run_folder import WEIGHTS_FILE, load_run
 
-__all__ = ["REGISTRY", "INPUT_NAMES", "files_size", "example_inputs"]
+__all__ = ["REGISTRY", "example_inputs"]
 
 
-class TorchEager:
+class TorchEager(Backend):
     name, precision, family = "torch-eager", "fp32", "torch"
     channels_last = False
     dtype_name: str | None = None   # weights converted once to this dtype (bf16/fp16)
-
-    @classmethod
-    def available(cls, device) -> tuple[bool, str]:
-        return True, ""
 
     def load(self, job: dict, threads: int, device) -> None:
         import torch
 
         from exports.onnx_export import graph_specs
-        from harness.run_folder import WEIGHTS_FILE, load_run
 
         torch.set_num_threads(threads)
         self.device, self.task = device, job["task"]
@@ -129,9 +110,6 @@ class TorchEager:
             self._sync()
             times.append(time.perf_counter() - t0)
         return 1e3 * statistics.median(times[1:])
-
-    def prepare(self, batch_size: int) -> dict | None:
-        return None
 
     def model_file(self) -> Path | None:
         return self.weights if self.weights.is_file() else None
@@ -233,7 +211,7 @@ class TorchCompile(TorchEager):
             shutil.rmtree(self._cache, ignore_errors=True)
 
 
-REGISTRY: dict[str, type] = {c.name: c for c in (
+REGISTRY: dict[str, type[Backend]] = {c.name: c for c in (
     TorchEager, TorchChannelsLast, TorchBF16, TorchFP16, TorchCompile,
     OrtFP32, OrtInt8, OrtCuda, OrtCudaFP16, OrtTensorRT)}
 

@@ -16,16 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-INPUT_NAMES = {"segmentation": ("image",), "cvae": ("image", "label", "new_label", "eps")}
-ONNX_FILES = {  # task -> precision -> file name inside RUN/onnx/ (written by exports.onnx_export)
-    "segmentation": {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"},
-    "cvae": {"fp32": "swap.onnx", "int8": "swap.int8.onnx", "fp16": "swap.fp16.onnx"},
-}
-
-
-def onnx_path(run_dir, task: str, precision: str) -> Path:
-    return Path(run_dir) / "onnx" / ONNX_FILES[task][precision]
-
+from harness.bench.backend_base import INPUT_NAMES, Backend
 
 def files_size(path) -> int | None:
     """Size of an ONNX file plus its external-data file(s) (`model.onnx.data` and the like)."""
@@ -35,7 +26,7 @@ def files_size(path) -> int | None:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
 
 
-class OrtBackend:
+class OrtBackend(Backend):
     family = "ort"
     name, precision = "ort-?", "fp32"
     provider = "CPUExecutionProvider"
@@ -58,14 +49,9 @@ class OrtBackend:
             return False, f"a GPU provider, and the bench device is {device}"
         return True, ""
 
-    def providers(self, device) -> list:
-        if not self.gpu:
-            return ["CPUExecutionProvider"]
-        opts = {"device_id": int(device.index or 0)}
-        chain = [(self.provider, opts)]
-        if self.provider != "CUDAExecutionProvider":
-            chain.append(("CUDAExecutionProvider", opts))
-        return chain + ["CPUExecutionProvider"]
+    @classmethod
+    def from_settings(cls, settings: dict) -> "OrtBackend":
+        return cls(opt_level=settings["ort_opt_level"], spinning=settings.get("wait", "spin") == "spin")
 
     def load(self, job: dict, threads: int, device) -> None:
         from exports.session import OrtSession
@@ -128,9 +114,6 @@ class OrtBackend:
                 ort.OrtValue.ortvalue_from_numpy(v, *self._ort_device)
             times.append(time.perf_counter() - t0)
         return 1e3 * statistics.median(times[1:])
-
-    def prepare(self, batch_size: int):
-        return None
 
     def model_file(self) -> Path:
         return self.path

@@ -4,17 +4,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from exports.accuracy_gate import DEFAULT_TARGET, check_target
+from harness.bench.backends import REGISTRY, TorchEager
+from harness.bench.device import resolve_device
+from harness.bench.scenarios import SCENARIOS
 from harness.bench.stats import min_queries as loadgen_min_queries
+from harness.errors import UserError
 
-SCENARIOS = ("single-stream", "offline", "server")
 ORT_OPT_LEVELS = ("all", "extended", "basic", "disable")  # the keys of exports.session.OPT_LEVELS
 WAITS = ("spin", "passive")  # harness.bench.process_env.configure_omp says why spin is the default
-REFERENCE = "torch-eager"
+REFERENCE = TorchEager.name  # the fp32 PyTorch backend every other is compared with (accuracy, speed-ups)
 # LoadGen (mlperf.conf / inference_rules.adoc): every scenario >= 600 s; Offline >= 24,576 samples;
 # a p90 needs 64 queries and a p99 662 (early stopping, 99% confidence, one query over)
 MLPERF_MIN_DURATION = 600.0
 MLPERF_OFFLINE_SAMPLES = 24576
-TAIL = {"single-stream": "p90", "server": "p99"}   # the percentile each scenario is judged on
+TAIL = {n: s.tail for n, s in SCENARIOS.items() if s.tail}   # the percentile each scenario is judged on
 
 
 def tail_min_queries(percentile: str) -> int:
@@ -37,7 +41,7 @@ class BenchConfig:
     latency_bound_ms: float | None = None        # None: 2 x torch eager's single-stream p90 (per model)
     server_search: bool = False                  # find each backend's highest Poisson rate meeting the bound
     accuracy_samples: int | None = None          # None: the whole test split; N: class-stratified seeded subset
-    accuracy_target: float = 0.99                # gate: metric >= target x fp32 reference (0.999 strict)
+    accuracy_target: float = DEFAULT_TARGET      # gate: metric >= target x fp32 reference (0.999 strict)
     isolate: bool = True                         # one persistent worker process per backend
     device: str = "auto"                         # auto | cpu | cuda | cuda:N
     mlperf: bool = False                         # LoadGen's full durations and minimum counts
@@ -51,9 +55,6 @@ class BenchConfig:
     wait: str = "spin"                           # idle threads: spin (libgomp's and ORT's defaults) | passive
 
     def validate(self) -> "BenchConfig":
-        from harness.bench.backends import REGISTRY
-        from harness.errors import UserError
-
         if self.backends is not None:
             unknown = [b for b in self.backends if b not in REGISTRY]
             if unknown or not self.backends:
@@ -71,8 +72,7 @@ class BenchConfig:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and 0 < v < math.inf):
                 raise UserError(f"invalid {name}={v!r}: expected a positive finite number")
-        if not (isinstance(self.accuracy_target, (int, float)) and 0 < self.accuracy_target <= 1):
-            raise UserError(f"invalid accuracy_target={self.accuracy_target!r}: expected a number in (0, 1]")
+        check_target(self.accuracy_target)
         for name in ("threads", "accuracy_samples"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -84,7 +84,6 @@ class BenchConfig:
                             "(every process measures at least one round)")
         if self.wait not in WAITS:
             raise UserError(f"invalid wait={self.wait!r}: expected one of {', '.join(WAITS)}")
-        from harness.bench.device import resolve_device
         try:  # syntax only here; availability is checked against the machine in run_bench
             resolve_device(self.device, True, 1 << 16)
         except ValueError as e:
@@ -102,7 +101,7 @@ class BenchConfig:
         """Per-round stopping rule of one measurement: {"min_queries" (queries; offline: batches),
         "min_duration"}. --mlperf: LoadGen's 600 s and its minimum counts."""
         duration = MLPERF_MIN_DURATION if self.mlperf else self.min_duration
-        if scenario == "offline":
+        if SCENARIOS[scenario].tail is None:  # judged on throughput: min_queries counts samples
             samples = max(self.min_queries, MLPERF_OFFLINE_SAMPLES if self.mlperf else 0)
             return {"min_queries": max(1, math.ceil(samples / batch_size)), "min_duration": duration}
         need = tail_min_queries(TAIL[scenario]) if self.mlperf else 0

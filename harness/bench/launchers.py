@@ -90,16 +90,16 @@ class LocalWorker:
         self.worker._close()
 
 
-def interleave(workers: dict, rounds: int, items: Iterable, call: Callable,
+def interleave(names: Callable[[], Iterable[str]], rounds: int, items: Iterable, call: Callable,
                on_round: Callable[[int], None] | None = None) -> None:
-    """for r in rounds: for each item (scenario, batch size): for each live backend: call(worker,
-    name, item, r); then on_round(r + 1). A backend whose call fails is dropped for the rest (call
-    handles the error)."""
+    """for r in rounds: for each item (scenario, batch size): for each backend names() gives (asked
+    afresh, so one whose call failed is dropped for the rest): call(name, item, r); then
+    on_round(r + 1)."""
     items = list(items)
     for r in range(rounds):
         for item in items:
-            for name in list(workers):
-                call(workers[name], name, item, r)
+            for name in list(names()):
+                call(name, item, r)
         if on_round is not None:
             on_round(r + 1)
 

@@ -3,9 +3,11 @@ size[, rank]) built from R interleaved rounds, with medians, confidence interval
 against torch eager paired by round, LoadGen validity and the accuracy gate; and the CLI table."""
 from __future__ import annotations
 
+from harness import bench_fields as bf
 from harness.bench import stats
-from harness.bench.config import REFERENCE, TAIL, tail_min_queries
-from harness.bench.scenarios import LATENCY_KEYS, latency_stats
+from harness.bench.config import MLPERF_MIN_DURATION, MLPERF_OFFLINE_SAMPLES, REFERENCE, TAIL, tail_min_queries
+from harness.bench.scenario_base import LATENCY_KEYS, latency_stats
+from harness.bench.scenarios import SCENARIOS
 
 SCHEMA_VERSION = 2
 RECORD_FIELDS = (
@@ -58,10 +60,9 @@ def validity(scenario: str, bs: int, fig: dict, n_rounds: int, cfg, server: dict
         reasons.append(f"{tail} from {fig['queries_per_round']} queries per round < {tail_min_queries(tail)} "
                        "(LoadGen early stopping, 99% confidence)")
     if cfg.mlperf:
-        from harness.bench.config import MLPERF_MIN_DURATION, MLPERF_OFFLINE_SAMPLES
         if fig["duration_s"] / max(n_rounds, 1) < MLPERF_MIN_DURATION:
             reasons.append(f"rounds shorter than LoadGen's {MLPERF_MIN_DURATION:.0f} s")
-        if scenario == "offline" and fig["queries_per_round"] * bs < MLPERF_OFFLINE_SAMPLES:
+        if SCENARIOS[scenario].tail is None and fig["queries_per_round"] * bs < MLPERF_OFFLINE_SAMPLES:
             reasons.append(f"fewer than {MLPERF_OFFLINE_SAMPLES} samples per round")
     if server is not None and server.get("bound_met") is False:
         reasons.append(f"server p99 over the {server['latency_bound_ms']:.2f} ms bound (or queries unserved) "
@@ -82,12 +83,13 @@ def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, re
                  search: dict | None, rank=None, peak_g: float | None = None, n_proc: int = 1) -> dict:
     """One record. base: the (run, backend) fields shared by every record (accuracy, provenance...)."""
     fig = round_figures(rounds)
-    server = server_fields(rounds, search) if scenario == "server" else None
+    kind = SCENARIOS[scenario]
+    server = server_fields(rounds, search) if kind.paced else None
     reasons = validity(scenario, bs, fig, len(rounds), cfg, server)
     rec = {**base, "scenario": scenario, "batch_size": bs, "rounds": len(rounds),
            **{k: v for k, v in fig.items() if not k.startswith("_")}, "rank": rank}
-    if scenario == "single-stream" or scenario == "server":
-        tail = TAIL[scenario]
+    if kind.tail:
+        tail = kind.tail
         est, t = stats.early_stopping_percentile([x * 1e3 for m in rounds for x in m["latencies_s"]],
                                                  int(tail[1:]) / 100)
         rec["early_stopping_ms"] = {tail: est, "t": t}
@@ -95,9 +97,9 @@ def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, re
         rec["early_stopping_ms"] = None
     rec["speedup"] = rec["speedup_p50"] = None
     if ref_fig is not None and base["backend"] != REFERENCE:
-        if scenario != "server":  # a server's throughput is the offered rate: compare latency there
+        if not kind.paced:  # a paced scenario's throughput is the offered rate: compare latency there
             rec["speedup"] = stats.paired_ratio_ci(fig["rounds_samples_per_s"], ref_fig["rounds_samples_per_s"])
-        if scenario != "offline":
+        if kind.tail:
             rec["speedup_p50"] = stats.paired_ratio_ci(ref_fig["rounds_p50_ms"], fig["rounds_p50_ms"])
     sps = rec["samples_per_s"]
     rec["gflops_per_s"] = base["flops_per_sample"] * sps / 1e9 if sps is not None else None
@@ -134,19 +136,21 @@ def fmt_ratio(r: dict | None) -> str:
 
 
 def accuracy_text(r: dict) -> str:
-    n = r.get("accuracy_count")
+    acc = bf.accuracy(r)
+    n = acc["count"]
     if r["task"] == "segmentation":
         txt = "-" if r.get("dice") is None else f"dice {r['dice']:.4f}"
     else:
         txt = "-" if r.get("mean_abs_err") is None else f"mae {r['mean_abs_err']:.1e}"
         if r.get("judge_acc") is not None:
             txt += f" judge {r['judge_acc']:.3f}"
-    verdict = {True: "pass", False: "FAIL", None: "?"}[r.get("accuracy_pass")]
+    verdict = {True: "pass", False: "FAIL", None: "?"}[acc["pass"]]
     return f"{txt} n={n} {verdict}"
 
 
 def verdict_text(r: dict) -> str:
-    return "valid" if r["valid"] else "INVALID: " + "; ".join(r["invalid_reasons"])
+    valid, reasons = bf.validity(r)
+    return "valid" if valid else "INVALID: " + "; ".join(reasons)
 
 
 def format_table(records: list[dict]) -> str:
@@ -154,13 +158,13 @@ def format_table(records: list[dict]) -> str:
             ("vs eager", 15), ("p50 ms", 20), ("p90 ms", 9), ("q/round", 7), ("accuracy", 32), ("verdict", 0)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in cols).rstrip()]
     for r in records:
-        lat = r["latency_ms"] or {}
-        p90 = "-" if lat.get("p90") is None else f"{lat['p90']:.2f}" + ("" if r["percentile_ok"]["p90"] else "*")
+        p90 = bf.value(r, "p90")
+        p90 = "-" if p90 is None else f"{p90:.2f}" + ("" if r["percentile_ok"]["p90"] else "*")
         vals = [r["run"][:16], r["backend"] + (" (emulated)" if r.get("precision_status") == "emulated" else ""),
                 r["scenario"], str(r["batch_size"]),
                 "all" if r["rank"] is None else str(r["rank"]),
-                fmt_ci(r["samples_per_s"], r["samples_per_s_ci"]),
-                fmt_ratio(r["speedup"] or r["speedup_p50"]), fmt_ci(lat.get("p50"), (r["latency_ms_ci"] or {}).get("p50"), ".2f"),
+                fmt_ci(bf.value(r, "samples_per_s"), bf.interval(r, "samples_per_s")),
+                fmt_ratio(r["speedup"] or r["speedup_p50"]), fmt_ci(bf.value(r, "p50"), bf.interval(r, "p50"), ".2f"),
                 p90, str(r["queries_per_round"]), accuracy_text(r), verdict_text(r)]
         lines.append("  ".join(f"{v:<{w}}" for v, (_, w) in zip(vals, cols)).rstrip())
     cov = next((r["ci_coverage"] for r in records if r.get("ci_coverage")), None)

@@ -26,13 +26,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.bench import accuracy, records, trackers
+from harness.bench.backend_base import INPUT_NAMES
 from harness.bench.backends import REGISTRY
-from harness.bench.backends_ort import onnx_path
+from harness.bench.assemble import assemble
 from harness.bench.config import REFERENCE, BenchConfig
+from harness.bench.device import detect_device
 from harness.bench.launchers import Dist, LocalWorker, ProcessWorker, WorkerError, interleave
 from harness.bench.process_env import OMP_DEFAULT, ORT_MALLOC, configure_omp, retain_freed_memory
+from harness.bench.scenarios import SCENARIOS
 from harness.errors import UserError
 from harness.hardware import EMULATED, backend_status, machine
+from harness.io import atomic_write_json
+from harness.run_folder import BENCH_FILE, data_root_for, load_run, onnx_path
 
 
 
@@ -42,13 +47,14 @@ def _log(msg: str, rank: int | None = None):
 
 @dataclass
 class Ctx:
+    """What every step of one `segvae bench` shares: settings, where it runs, which backends."""
     cfg: BenchConfig
     dist: Dist
     device: object
     threads: int
     isolated: bool
-    names: list[str]
-    skipped: dict
+    names: list[str]                             # the backends timed, the reference first
+    skipped: dict                                # backend (or run/backend) -> why it has no records
     data_root: object = None
     judge_fn: object = None
     workdir: Path | None = None
@@ -58,7 +64,7 @@ class Ctx:
 
 
 # =========================================================================== entry point
-def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out="bench.json",
+def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out=BENCH_FILE,
               argv: list[str] | None = None, judge_fn=None) -> dict:
     """Benchmark run directories; writes `out` (bench.json) and returns the document (on every rank;
     non-zero ranks of a distributed run return {}).
@@ -74,7 +80,6 @@ def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out="ben
     if len({r.name for r in run_dirs}) != len(run_dirs):
         raise UserError("run directories must have distinct folder names (records are keyed by them)")
     omp_policy = configure_omp(cfg.wait)
-    from harness.bench.device import detect_device
     try:
         device = detect_device(cfg.device)
     except ValueError as e:
@@ -150,8 +155,6 @@ def _onnx_files(run_dir: Path, task: str, precisions: set, workdir: Path) -> dic
 
 def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
     from exports.onnx_export import graph_specs
-    from harness.run_folder import data_root_for, load_run
-
     import numpy as np
 
     exp_cfg, model = load_run(run_dir)
@@ -161,7 +164,6 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
     folder = ctx.workdir / f"run{index}"
     inputs = accuracy.prepare_inputs(exp_cfg, data_root, ctx.cfg.accuracy_samples, ctx.cfg.seed, folder)
     module = graph_specs(exp_cfg, model, fold_batchnorm=True)[0].module
-    from harness.bench.backends_ort import INPUT_NAMES
     arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in INPUT_NAMES[exp_cfg.task]}
     return {"run": run_dir.name, "run_dir": str(run_dir), "experiment": exp_cfg.name, "task": exp_cfg.task,
             "dataset": exp_cfg.dataset, "dir": str(folder), **inputs,
@@ -172,7 +174,7 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
 
 # =========================================================================== measuring
 def _worker_settings(ctx: Ctx) -> dict:
-    bs = sorted(set(ctx.cfg.batch_sizes) | ({1} if set(ctx.cfg.scenarios) - {"offline"} else set()))
+    bs = sorted({b for s in ctx.cfg.scenarios for b in SCENARIOS[s].batch_sizes(ctx.cfg)})
     return {"threads": ctx.threads, "device": [ctx.device.kind, ctx.device.index], "warmup": ctx.cfg.warmup,
             "ort_opt_level": ctx.cfg.ort_opt_level, "wait": ctx.cfg.wait, "batch_sizes": bs}
 
@@ -192,70 +194,95 @@ def _generations(rounds: int, processes: int) -> list[int]:
     return [r for r in range(1, rounds) if (r * processes) // rounds != ((r - 1) * processes) // rounds]
 
 
-def _respawn(ctx: Ctx, job: dict, data: dict, workers: dict, live: dict, timed: dict) -> None:
+@dataclass
+class BackendRun:
+    """One backend on one run: its worker and what the worker answered. A failure sets `error` (the
+    backend is then skipped for the rest of the run, its reason recorded); `result()` is what the
+    ranks gather and assemble.py reads."""
+    name: str
+    worker: object                # launchers.ProcessWorker or LocalWorker
+    timed: bool                   # in --backends (False: loaded only as the accuracy reference)
+    error: str | None = None
+    load: dict | None = None      # form, compile seconds, pids of every process it ran in
+    acc: dict | None = None       # the accuracy pass's outputs
+    rounds: dict = field(default_factory=dict)   # "scenario|batch size" -> one Measurement.pack() per round
+    search: dict | None = None    # the server rate search
+    finish: dict | None = None    # peak RSS (the highest of its processes), torch imported or not
+    finish_earlier: list = field(default_factory=list)  # finish of the processes --processes replaced
+
+    @property
+    def live(self) -> bool:
+        return self.error is None
+
+    def result(self) -> dict:
+        return {"error": self.error, "load": self.load, "acc": self.acc, "rounds": self.rounds,
+                "search": self.search, "finish": self.finish}
+
+
+def _live(backends: dict[str, BackendRun], timed: bool = False) -> list[str]:
+    return [n for n, b in backends.items() if b.live and (b.timed or not timed)]
+
+
+def _respawn(ctx: Ctx, job: dict, backends: dict[str, BackendRun], workers: dict) -> None:
     """A fresh process for every timed backend (its load repeated, its accuracy not): a process's
     memory layout speeds or slows all its rounds alike, which rounds in one process cannot see.
     Nothing is timed meanwhile, so the new processes start and load at once (torch-compile's from
     the run's filled inductor cache)."""
     settings = _worker_settings(ctx)
     fresh = []
-    for n in list(timed):
-        fin = _safe(ctx, job, data, timed, n, "finish")
+    for n in _live(backends, timed=True):
+        fin = _safe(ctx, job, backends[n], "finish")
         if fin is not None:
-            data[n].setdefault("finish_earlier", []).append(fin)
-            workers[n].close()
+            backends[n].finish_earlier.append(fin)
+            backends[n].worker.close()
             fresh.append(n)
     for n in fresh:
-        workers[n] = live[n] = timed[n] = ProcessWorker(n, settings)
-        timed[n].send("load", job=job)
+        workers[n] = backends[n].worker = ProcessWorker(n, settings)
+        backends[n].worker.send("load", job=job)
     for n in fresh:
-        load = _safe(ctx, job, data, timed, n, "load", sent=True)
-        if load is None:
-            live.pop(n, None)
-        else:
-            data[n]["load"]["pids"].append(load["pid"])
+        load = _safe(ctx, job, backends[n], "load", sent=True)
+        if load is not None:
+            backends[n].load["pids"].append(load["pid"])
 
 
-def _safe(ctx: Ctx, where: dict, data: dict, live: dict, name: str, op: str, *, sent: bool = False, **kw):
-    """worker.call (sent=True: only the reply to `op`, sent earlier), a failure dropping the backend
-    for this run with the reason in `skipped`."""
+def _safe(ctx: Ctx, where: dict, backend: BackendRun, op: str, *, sent: bool = False, **kw):
+    """worker.call (sent=True: only the reply to `op`, sent earlier); a failure drops the backend for
+    this run (where: its job) with the reason in its `error`."""
     try:
-        return live[name].receive() if sent else live[name].call(op, **kw)
+        return backend.worker.receive() if sent else backend.worker.call(op, **kw)
     except WorkerError as e:
-        data[name]["error"] = str(e)
-        live.pop(name, None)
-        _log(f"{where['run']} | {name} failed in {op}: {str(e).splitlines()[0]}", ctx.dist.rank if ctx.dist.world > 1 else None)
+        backend.error = str(e)
+        _log(f"{where['run']} | {backend.name} failed in {op}: {str(e).splitlines()[0]}",
+             ctx.dist.rank if ctx.dist.world > 1 else None)
         return None
 
 
 def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
-    """Every backend on one run: load, accuracy, interleaved rounds, server, search, finish."""
+    """Every backend on one run: load, accuracy, interleaved rounds, server, search, finish.
+    Returns {backend: BackendRun.result()}."""
     cfg = ctx.cfg
-    data = {n: {"error": None, "rounds": {}, "search": None} for n in workers}
-    live = dict(workers)
-    for n in list(live):
+    backends = {n: BackendRun(n, w, timed=n in ctx.names) for n, w in workers.items()}
+    for n, b in backends.items():
         cls = REGISTRY[n]
         if cls.family == "ort" and not job["onnx"].get(cls.precision):
-            data[n]["error"] = (f"{onnx_path(job['run_dir'], job['task'], cls.precision)} not found (run `segvae export "
-                                f"{job['run_dir']}{' --quantize int8' if cls.precision == 'int8' else ''}`)")
-            live.pop(n)
+            b.error = (f"{onnx_path(job['run_dir'], job['task'], cls.precision)} not found (run `segvae export "
+                       f"{job['run_dir']}{' --quantize int8' if cls.precision == 'int8' else ''}`)")
             continue
-        data[n]["load"] = load = _safe(ctx, job, data, live, n, "load", job=job)
-        if load is not None:
-            load["pids"] = [load["pid"]]
-    for n in list(live):
-        data[n]["acc"] = _safe(ctx, job, data, live, n, "accuracy", batch_size=cfg.accuracy_batch_size)
-    timed = {n: w for n, w in live.items() if n in ctx.names}
+        b.load = _safe(ctx, job, b, "load", job=job)
+        if b.load is not None:
+            b.load["pids"] = [b.load["pid"]]
+    for n in _live(backends):
+        backends[n].acc = _safe(ctx, job, backends[n], "accuracy", batch_size=cfg.accuracy_batch_size)
 
     def measure(items):
-        def call(worker, name, item, r):
+        def call(name, item, r):
             scen, bs = item
-            extra = ctx.server.get(job["run"], {}) if scen == "server" else {}
-            m = _safe(ctx, job, data, timed, name, "measure", scenario=scen, batch_size=bs,
+            extra = ctx.server.get(job["run"], {}) if SCENARIOS[scen].paced else {}
+            m = _safe(ctx, job, backends[name], "measure", scenario=scen, batch_size=bs,
                       timing=cfg.timing(scen, bs), rate=extra.get("rate"), bound_ms=extra.get("bound_ms"),
                       seed=cfg.seed + r)
             if m is not None:
-                data[name]["rounds"].setdefault(f"{scen}|{bs}", []).append(m)
+                backends[name].rounds.setdefault(f"{scen}|{bs}", []).append(m)
         t0 = time.perf_counter()
         fresh = _generations(cfg.rounds, cfg.processes) if ctx.isolated else []
 
@@ -264,56 +291,64 @@ def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
                  f"({time.perf_counter() - t0:.0f}s){'; fresh worker processes' if r in fresh else ''}",
                  ctx.dist.rank if ctx.dist.world > 1 else None)
             if r in fresh:
-                _respawn(ctx, job, data, workers, live, timed)
-        interleave(timed, cfg.rounds, items, call, after_round)
+                _respawn(ctx, job, backends, workers)
+        interleave(lambda: _live(backends, timed=True), cfg.rounds, items, call, after_round)
 
-    items = ([("single-stream", 1)] if "single-stream" in cfg.scenarios else []) + \
-        ([("offline", b) for b in cfg.batch_sizes] if "offline" in cfg.scenarios else [])
+    items = _items(cfg, paced=False)
     measure(items)
-    for n in timed:
+    for n in _live(backends, timed=True):
         _log(f"{job['run']} | {n}: {cfg.rounds} rounds of {len(items)} measurement(s) done",
              ctx.dist.rank if ctx.dist.world > 1 else None)
-    if "server" in cfg.scenarios:
-        ctx.server[job["run"]] = ctx.dist.broadcast(_server_settings(ctx, job, data, live) if ctx.dist.main else None)
-        measure([("server", 1)])
+    paced = _items(cfg, paced=True)
+    if paced:  # at one rate and bound per model, derived from the reference's single-stream
+        ctx.server[job["run"]] = ctx.dist.broadcast(_server_settings(ctx, job, backends) if ctx.dist.main else None)
+        measure(paced)
         if cfg.server_search:
             s = ctx.server[job["run"]]
-            for n in list(timed):
-                data[n]["search"] = _safe(ctx, job, data, timed, n, "search", start_rate=s["rate"], bound_ms=s["bound_ms"],
-                                          timing=cfg.timing("server", 1), seed=cfg.seed)
-    for n in list(live):
-        data[n]["finish"] = fin = _safe(ctx, job, data, live, n, "finish")
-        earlier = [f["peak_rss_mb"] for f in data[n].pop("finish_earlier", []) if f.get("peak_rss_mb") is not None]
+            for n in _live(backends, timed=True):
+                backends[n].search = _safe(ctx, job, backends[n], "search", start_rate=s["rate"],
+                                           bound_ms=s["bound_ms"], timing=cfg.timing(paced[0][0], 1), seed=cfg.seed)
+    for n in _live(backends):
+        b = backends[n]
+        b.finish = fin = _safe(ctx, job, b, "finish")
+        earlier = [f["peak_rss_mb"] for f in b.finish_earlier if f.get("peak_rss_mb") is not None]
         if fin is not None and earlier and fin.get("peak_rss_mb") is not None:
             fin["peak_rss_mb"] = max([fin["peak_rss_mb"], *earlier])  # the highest of its processes
-    return data
+    return {n: b.result() for n, b in backends.items()}
 
 
-def _server_settings(ctx: Ctx, job: dict, data: dict, live: dict) -> dict:
+def _items(cfg: BenchConfig, paced: bool) -> list[tuple[str, int]]:
+    """(scenario, batch size) of every asked-for scenario, in SCENARIOS order: the unpaced ones,
+    or the paced ones (measured after the reference's single-stream gave them a rate)."""
+    return [(name, b) for name, s in SCENARIOS.items() if name in cfg.scenarios and s.paced == paced
+            for b in s.batch_sizes(cfg)]
+
+
+def _server_settings(ctx: Ctx, job: dict, backends: dict[str, BackendRun]) -> dict:
     """One target rate and latency bound per model, the same for every backend: given, or 0.5 x
-    torch eager's median single-stream throughput and 2 x its median p90."""
+    the reference's median single-stream throughput and 2 x its median p90."""
     cfg = ctx.cfg
     if cfg.server_qps and cfg.latency_bound_ms:
         return {"rate": cfg.server_qps, "bound_ms": cfg.latency_bound_ms, "from": "given"}
-    rounds = data.get(REFERENCE, {}).get("rounds", {}).get("single-stream|1")
-    if not rounds and REFERENCE in live:  # single-stream not asked for: one reference round to derive from
-        m = _safe(ctx, job, data, live, REFERENCE, "measure", scenario="single-stream", batch_size=1,
+    ref = backends.get(REFERENCE)
+    rounds = ref.rounds.get("single-stream|1") if ref is not None else None
+    if not rounds and ref is not None and ref.live:  # single-stream not asked for: one reference round
+        m = _safe(ctx, job, ref, "measure", scenario="single-stream", batch_size=1,
                   timing=cfg.timing("single-stream", 1), seed=cfg.seed)
         rounds = [m] if m else None
     if not rounds:
         raise UserError(f"{job['run']}: the server scenario needs --server-qps and --latency-bound-ms "
-                        "when torch eager cannot run")
+                        f"when {REFERENCE} cannot run")
     fig = records.round_figures(rounds)
     return {"rate": cfg.server_qps or 0.5 * fig["samples_per_s"],
             "bound_ms": cfg.latency_bound_ms or 2.0 * fig["latency_ms"]["p90"],
-            "from": "torch-eager single-stream: rate 0.5 x its samples/s, bound 2 x its p90 (medians over rounds)"}
+            "from": f"{REFERENCE} single-stream: rate 0.5 x its samples/s, bound 2 x its p90 (medians over rounds)"}
 
 
 def _peak(ctx: Ctx) -> dict:
     """The matmul probe's result: read from --peak-file when it was measured on this machine at these
     threads (`segvae run` probes once for its estimate and every bench child), else probed now."""
     from harness.bench.peak import PRECISIONS, probe_peak, reusable_peak
-    from harness.io import atomic_write_json
 
     cfg = ctx.cfg
     if cfg.peak_file and (found := reusable_peak(cfg.peak_file, ctx.threads)) is not None:
@@ -331,8 +366,6 @@ def _peak(ctx: Ctx) -> dict:
 
 # =========================================================================== the whole bench
 def _bench(ctx: Ctx, run_dirs: list[Path], out, argv, omp_policy: str, t_start: float) -> dict:
-    from harness.bench.assemble import assemble
-
     env, jobs = None, None
     ctx.workdir = Path(tempfile.mkdtemp(prefix="segvae-bench-")) if ctx.dist.main else None
     workers: dict = {}
@@ -382,7 +415,6 @@ def _bench(ctx: Ctx, run_dirs: list[Path], out, argv, omp_policy: str, t_start: 
         "skipped": ctx.skipped,
         "results": results,
     }
-    from harness.io import atomic_write_json
     path = atomic_write_json(out, doc)
     print(records.format_table(results), flush=True)
     for k, v in ctx.skipped.items():

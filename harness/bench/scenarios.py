@@ -1,6 +1,7 @@
-"""MLPerf-style load scenarios. Each takes a zero-argument callable `run()` (one query on inputs the
-backend already holds; on a GPU it synchronizes) and timing settings, and returns a `Measurement`
-of ONE round; none of them knows about backends or models.
+"""MLPerf-style load scenarios and SCENARIOS, the registry the bench reads (the interface is
+`harness.bench.scenario_base.Scenario`). Each takes a zero-argument callable `run()` (one query on
+inputs the backend already holds; on a GPU it synchronizes) and timing settings, and returns a
+`Measurement` of ONE round; none of them knows about backends or models.
 
   single-stream  batch 1, one query at a time; per-query latency after warm-up; runs until at
                  least `min_queries` queries AND `min_duration` seconds.
@@ -18,47 +19,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from harness.bench.stats import loadgen_percentile
-
-LATENCY_KEYS = ("p50", "p90", "p99", "max", "mean", "std")
-
-
-def latency_stats(seconds) -> dict[str, float] | None:
-    """p50/p90/p99 (LoadGen estimator), max, mean, population std; milliseconds."""
-    a = np.asarray(list(seconds), dtype=np.float64) * 1e3
-    if a.size == 0:
-        return None
-    out = {k: loadgen_percentile(a, int(k[1:]) / 100.0) for k in ("p50", "p90", "p99")}
-    out.update(max=float(a.max()), mean=float(a.mean()), std=float(a.std()))
-    return out
-
-
-@dataclass
-class Measurement:
-    scenario: str
-    batch_size: int
-    latencies_s: list[float]           # per query (offline: per batch)
-    duration_s: float                  # wall time of the measured part
-    samples: int                       # samples processed in the measured part
-    extra: dict = field(default_factory=dict)  # server: target_rate, achieved_rate, ...
-
-    @property
-    def samples_per_s(self) -> float:
-        return self.samples / self.duration_s if self.duration_s > 0 else 0.0
-
-    @property
-    def latency_ms(self) -> dict | None:
-        return latency_stats(self.latencies_s)
-
-    def pack(self) -> dict:
-        return {"scenario": self.scenario, "batch_size": self.batch_size, "latencies_s": list(self.latencies_s),
-                "duration_s": self.duration_s, "samples": self.samples, "extra": dict(self.extra)}
-
+from harness.bench.scenario_base import Measurement, Scenario, latency_stats
 
 def _timed_loop(run: Callable, batch_size: int, min_queries: int, min_duration: float, warmup: int,
                 scenario: str) -> Measurement:
@@ -166,4 +131,29 @@ def search_rate(run: Callable, *, start_rate: float, latency_bound_ms: float, mi
     return {"rate": lo, "probes": probes}
 
 
-SCENARIOS = {"single-stream": single_stream, "offline": offline, "server": server}
+class SingleStream(Scenario):
+    name, tail = "single-stream", "p90"
+
+    def measure(self, run, batch_size, *, timing, warmup, rate=None, bound_ms=None, seed=0):
+        return single_stream(run, warmup=warmup, **timing)
+
+
+class Offline(Scenario):
+    name, all_ranks = "offline", True
+
+    def batch_sizes(self, cfg) -> list[int]:
+        return list(cfg.batch_sizes)
+
+    def measure(self, run, batch_size, *, timing, warmup, rate=None, bound_ms=None, seed=0):
+        return offline(run, batch_size, warmup=warmup, **timing)
+
+
+class Server(Scenario):
+    name, tail, paced = "server", "p99", True
+
+    def measure(self, run, batch_size, *, timing, warmup, rate=None, bound_ms=None, seed=0):
+        return server(run, rate=rate, latency_bound_ms=bound_ms, warmup=warmup, seed=seed, **timing)
+
+
+# name -> scenario, in the order the bench measures and lists them
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (SingleStream(), Offline(), Server())}

@@ -13,7 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
-from harness.bench.backends_ort import INPUT_NAMES, files_size  # noqa: F401 - re-exported
+from harness.bench.backend_base import INPUT_NAMES
+from harness.bench.backends_ort import files_size  # noqa: F401 - re-exported
 
 ENV_FIELDS = ("cpu_model", "cpu_flags", "bf16_native", "int8_vnni", "torch_cpu_capability", "onednn_max_isa",
               "precisions", "gpu", "cores_logical", "cores_physical", "platform",
@@ -43,17 +44,6 @@ def peak_rss_mb() -> tuple[float, str]:
     import resource
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (kb / 1024.0 if sys.platform != "darwin" else kb / 2**20), "ru_maxrss"
-
-
-def jsonable(o):
-    """json.dumps default for numpy values and paths (worker replies)."""
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot encode {type(o).__name__}")
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -125,8 +115,10 @@ def onnx_provenance(run_dir: Path, run_hash: str, need: bool) -> dict:
     from harness.errors import UserError
     from harness.io import read_json
 
-    folder = Path(run_dir) / "onnx"
-    meta = folder / "export.json"
+    from harness.run_folder import EXPORT_FILE, ONNX_DIR
+
+    folder = Path(run_dir) / ONNX_DIR
+    meta = folder / EXPORT_FILE
     again = f"segvae export {run_dir} --quantize int8 [--data-root DATA]"
     if not meta.is_file():
         if need:

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.bench import scenarios as sc
 from harness.bench import trackers
-from harness.bench.backends import INPUT_NAMES, REGISTRY
+from harness.bench.backend_base import INPUT_NAMES
+from harness.bench.backends import REGISTRY
 from harness.bench.device import Device
 from harness.bench.process_env import ORT_MALLOC, retain_freed_memory
+from harness.bench.scenarios import SCENARIOS, search_rate
+from harness.io import jsonable
 
 
 def _take(arrays, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -52,9 +54,7 @@ class Worker:
     def op_load(self, job: dict) -> dict:
         self._close()
         trackers.reset_peak_rss()
-        cls = REGISTRY[self.name]
-        self.backend = (cls(opt_level=self.settings["ort_opt_level"], spinning=self.settings.get("wait", "spin") == "spin")
-                        if cls.family == "ort" else cls())
+        self.backend = REGISTRY[self.name].from_settings(self.settings)
         # torch.compile's inductor cache: one per run and rank, kept across this backend's fresh processes
         job = self.job = {**job, "compile_cache": str(Path(job["dir"]) / f"inductor-{self.name}-r{self.rank}")}
         self.arrays = {k: np.load(Path(job["dir"]) / f"{k}.npy", mmap_mode="r", allow_pickle=False)
@@ -75,19 +75,15 @@ class Worker:
 
     def op_measure(self, scenario: str, batch_size: int, timing: dict, rate: float | None = None,
                    bound_ms: float | None = None, seed: int = 0) -> dict | None:
-        if scenario != "offline" and self.rank != 0:  # rank 0 measures latency scenarios alone
+        kind = SCENARIOS[scenario]
+        if not kind.all_ranks and self.rank != 0:  # rank 0 measures latency scenarios alone
             return None
         inputs = self._inputs(batch_size)
         run = self.backend.bind(inputs)
-        warmup = self.settings["warmup"]
-        if scenario == "offline":
-            if self.dist is not None:
-                self.dist.barrier()  # ranks measure together: their throughputs add up
-            m = sc.offline(run, batch_size, warmup=warmup, **timing)
-        elif scenario == "single-stream":
-            m = sc.single_stream(run, warmup=warmup, **timing)
-        else:
-            m = sc.server(run, rate=rate, latency_bound_ms=bound_ms, warmup=warmup, seed=seed, **timing)
+        if kind.all_ranks and self.dist is not None:
+            self.dist.barrier()  # ranks measure together: their throughputs add up
+        m = kind.measure(run, batch_size, timing=timing, warmup=self.settings["warmup"], rate=rate,
+                         bound_ms=bound_ms, seed=seed)
         out = m.pack()
         out["h2d_ms"] = self.backend.h2d_ms(inputs)
         return out
@@ -96,7 +92,7 @@ class Worker:
         if self.rank != 0:
             return None
         run = self.backend.bind(self._inputs(1))
-        return sc.search_rate(run, start_rate=start_rate, latency_bound_ms=bound_ms, warmup=self.settings["warmup"],
+        return search_rate(run, start_rate=start_rate, latency_bound_ms=bound_ms, warmup=self.settings["warmup"],
                               seed=seed, **timing)
 
     def op_accuracy(self, batch_size: int) -> dict:
@@ -150,7 +146,7 @@ def main() -> None:
         except BaseException as e:  # noqa: BLE001 - reported to the parent, the worker lives on
             payload = ["error", f"{type(e).__name__}: {e}",
                        traceback.format_exc() if os.environ.get("SEGVAE_BENCH_DEBUG") else ""]
-        reply.write(json.dumps(payload, default=trackers.jsonable) + "\n")
+        reply.write(json.dumps(payload, default=jsonable) + "\n")
         reply.flush()
 
 

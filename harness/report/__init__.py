@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from harness.io import atomic_write_bytes, atomic_write_text
+from harness.run_folder import REPORT_HTML, REPORT_MD
 from harness.report.bench_tables import bench_table, server_table
 from harness.report.collect import collect
 from harness.report.model import ASSETS_DIR, Figure
@@ -45,8 +46,8 @@ def build_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     for old in assets.glob("*.png"):  # drop images of a previous build that are no longer referenced
         if old.name not in keep:
             old.unlink(missing_ok=True)
-    paths = {"html": atomic_write_text(out / "report.html", render_html(blocks)),
-             "md": atomic_write_text(out / "report.md", render_md(blocks)),
+    paths = {"html": atomic_write_text(out / REPORT_HTML, render_html(blocks)),
+             "md": atomic_write_text(out / REPORT_MD, render_md(blocks)),
              "assets": assets}
     print(f"segvae report: {paths['html']} and {paths['md']} ({len(figures)} images)", flush=True)
     return paths

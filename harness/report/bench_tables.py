@@ -1,13 +1,14 @@
 """Tables of bench.json: medians with intervals, paired speed-ups, counts and verdicts."""
 from __future__ import annotations
 
-from harness.report.model import BASELINE_BACKEND, DASH, Results, Table, as_number, as_text, dig, fmt, fmt_pct
+from harness import bench_fields as bf
+from harness.bench.config import REFERENCE
+from harness.report.model import DASH, Results, Table, as_number, as_text, dig, fmt, fmt_pct
 
 
 def _records(res: Results) -> list[dict]:
-    recs = (res.bench or {}).get("results") or []
     # per-rank offline records of a multi-process bench are summed into a rank=None record: keep those
-    return [r for r in recs if isinstance(r, dict) and r.get("rank") is None]
+    return bf.whole_job(res.bench or {})
 
 
 def _label(r: dict) -> str:
@@ -52,15 +53,15 @@ def _ratio_cell(r) -> str:
 def _bench_verdicts(rs: list[dict]) -> tuple[str, str]:
     """(accuracy gate, validity) of one backend's records: pass/FAIL with the reason; valid or
     which scenario is invalid and why (first reason)."""
-    gate = next((r for r in rs if r.get("accuracy_pass") is not None), None)
-    acc = DASH if gate is None else ("pass" if gate["accuracy_pass"] else
+    gate = next((r for r in rs if bf.accuracy(r)["pass"] is not None), None)
+    acc = DASH if gate is None else ("pass" if bf.accuracy(gate)["pass"] else
                                      "FAIL: " + "; ".join(dig(gate, "accuracy_gate", "reasons") or []))
-    flagged = [r for r in rs if r.get("valid") is False]
+    flagged = [r for r in rs if bf.validity(r)[0] is False]
     if not any("valid" in r for r in rs):
         return acc, DASH
     if not flagged:
         return acc, "valid"
-    return acc, "; ".join(f"{r.get('scenario')} bs{r.get('batch_size')}: {(r.get('invalid_reasons') or ['?'])[0]}"
+    return acc, "; ".join(f"{r.get('scenario')} bs{r.get('batch_size')}: {(bf.validity(r)[1] or ['?'])[0]}"
                           for r in flagged[:2]) + (f" (+{len(flagged) - 2} more)" if len(flagged) > 2 else "")
 
 
@@ -78,8 +79,8 @@ def bench_table(records: list[dict]) -> Table:
     by_backend: dict[tuple, list[dict]] = {}
     for r in records:
         by_backend.setdefault((r.get("backend"), r.get("precision")), []).append(r)
-    base = by_backend.get((BASELINE_BACKEND, "fp32")) or next(
-        (v for k, v in by_backend.items() if k[0] == BASELINE_BACKEND), None)
+    base = by_backend.get((REFERENCE, "fp32")) or next(
+        (v for k, v in by_backend.items() if k[0] == REFERENCE), None)
     task = next((r.get("task") for r in records if r.get("task")), None)
 
     def offline(rs, bs):
@@ -92,8 +93,8 @@ def bench_table(records: list[dict]) -> Table:
     def ss(rs):
         return next((r for r in rs if r.get("scenario") == "single-stream"), None)
 
-    base_p50 = as_number(dig(ss(base or []), "latency_ms", "p50"))
-    base_thr = as_number((best(base or []) or {}).get("samples_per_s"))
+    base_p50 = bf.value(ss(base or []) or {}, "p50")
+    base_thr = bf.value(best(base or []) or {}, "samples_per_s")
     acc_cols = ["Dice", "Dice Δ vs eager"] if task == "segmentation" else ["max |Δ| vs eager", "judge (swap)"]
     cols = (["backend", "precision", "p50 ms", "p90 ms", "p99 ms", "queries/round"]
             + [f"samples/s @bs{b}" for b in batch_sizes]
@@ -102,7 +103,6 @@ def bench_table(records: list[dict]) -> Table:
     rows = []
     for (backend, precision), rs in by_backend.items():
         s = ss(rs) or {}
-        lat, lci = s.get("latency_ms"), s.get("latency_ms_ci") or {}
         pct = max((p for p in (as_number(r.get("pct_of_peak")) for r in rs) if p is not None), default=None)
         acc = next((r for r in rs if any(r.get(k) is not None for k in
                                          ("dice", "dice_delta", "max_abs_err", "judge_acc"))), {})
@@ -111,23 +111,23 @@ def bench_table(records: list[dict]) -> Table:
         else:
             me = as_number(acc.get("max_abs_err"))
             acc_vals = [DASH if me is None else f"{me:.2e}", fmt_pct(acc.get("judge_acc"))]
-        p50, top = as_number(dig(lat, "p50")), best(rs) or {}
+        p50, top = bf.value(s, "p50"), best(rs) or {}
         if "speedup" in top or "speedup_p50" in s:  # bench v2: paired per round, with the interval
-            sp50 = "1×" if backend == BASELINE_BACKEND else _ratio_cell(s.get("speedup_p50"))
-            sthr = "1×" if backend == BASELINE_BACKEND else _ratio_cell(top.get("speedup"))
+            sp50 = "1×" if backend == REFERENCE else _ratio_cell(s.get("speedup_p50"))
+            sthr = "1×" if backend == REFERENCE else _ratio_cell(top.get("speedup"))
         else:
-            thr = as_number(top.get("samples_per_s"))
+            thr = bf.value(top, "samples_per_s")
             sp50 = fmt(base_p50 / p50, 2, "×") if base_p50 and p50 else DASH
             sthr = fmt(thr / base_thr, 2, "×") if base_thr and thr else DASH
-        p90 = dig(lat, "p90")
-        p90_cell = fmt(p90, 2) + ("*" if dig(s, "percentile_ok", "p90") is False and as_number(p90) is not None else "")
-        p99_cell = fmt(dig(lat, "p99"), 2) + ("*" if dig(s, "percentile_ok", "p99") is False and as_number(dig(lat, "p99")) is not None else "")
+        p90, p99 = bf.value(s, "p90"), bf.value(s, "p99")
+        p90_cell = fmt(p90, 2) + ("*" if dig(s, "percentile_ok", "p90") is False and p90 is not None else "")
+        p99_cell = fmt(p99, 2) + ("*" if dig(s, "percentile_ok", "p99") is False and p99 is not None else "")
         rss = max((x for x in (as_number(r.get("peak_rss_mb")) for r in rs) if x is not None), default=None)
         gate, verdict = _bench_verdicts(rs)
         rows.append([
-            as_text(backend), _precision_cell(precision, rs), _ci_cell(p50, lci.get("p50"), 2), p90_cell, p99_cell,
+            as_text(backend), _precision_cell(precision, rs), _ci_cell(p50, bf.interval(s, "p50"), 2), p90_cell, p99_cell,
             as_text(s.get("queries_per_round")) if s.get("queries_per_round") is not None else DASH,
-            *[_ci_cell((offline(rs, b) or {}).get("samples_per_s"), (offline(rs, b) or {}).get("samples_per_s_ci"), 1)
+            *[_ci_cell(bf.value(offline(rs, b) or {}, "samples_per_s"), bf.interval(offline(rs, b) or {}, "samples_per_s"), 1)
               for b in batch_sizes],
             fmt(pct, 1, "%"), *acc_vals, as_text(acc.get("accuracy_count")) if acc.get("accuracy_count") else DASH,
             gate, sp50, sthr, fmt(rss, 0), verdict,
@@ -135,7 +135,7 @@ def bench_table(records: list[dict]) -> Table:
     cov = next((as_number(r.get("ci_coverage")) for r in records if as_number(r.get("ci_coverage"))), None)
     note = (f"; [a-b]: order-statistic interval of the median over rounds (true coverage {100 * cov:.1f}%), "
             "speed-ups paired by round; * percentile from fewer queries than MLPerf LoadGen's minimum") if cov else ""
-    return Table(cols, rows, f"latency: single-stream, batch 1; speed-up vs {BASELINE_BACKEND}{note}")
+    return Table(cols, rows, f"latency: single-stream, batch 1; speed-up vs {REFERENCE}{note}")
 
 
 def server_table(records: list[dict]) -> Table | None:
@@ -145,7 +145,7 @@ def server_table(records: list[dict]) -> Table | None:
     cols = ["backend", "precision", "target rate (q/s)", "achieved rate (q/s)", "p99 ms", "latency bound ms",
             "bound met", "highest rate meeting the bound (q/s)"]
     rows = [[as_text(r.get("backend")), as_text(r.get("precision")), fmt(r.get("target_rate"), 1),
-             fmt(r.get("achieved_rate"), 1), _ci_cell(dig(r, "latency_ms", "p99"), dig(r, "latency_ms_ci", "p99"), 2),
+             fmt(r.get("achieved_rate"), 1), _ci_cell(bf.value(r, "p99"), bf.interval(r, "p99"), 2),
              fmt(r.get("latency_bound_ms"), 1),
              DASH if r.get("bound_met") is None else ("yes" if r.get("bound_met") else "no"),
              fmt(r.get("max_rate"), 1)] for r in rs]

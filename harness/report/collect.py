@@ -6,6 +6,8 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.io import inside, read_json
+from harness.run_folder import (BENCH_FILE, CONFIG_FILE, EXPORT_FILE, JUDGE_FILE, JUDGES_DIR, LABELSWAP_FILE,
+                                METRICS_FILE, ONNX_DIR, PIPELINE_FILE)
 from harness.report.model import PNG_MAGIC, Results, as_number
 
 
@@ -16,11 +18,11 @@ def collect(runs_dir: str | os.PathLike) -> Results:
         raise UserError(f"runs directory not found: {runs_dir}")
     res = Results(runs_dir=runs_dir.resolve())
     for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        if not (d / "config.json").is_file():
+        if not (d / CONFIG_FILE).is_file():
             continue
         try:
-            cfg = read_json(d / "config.json", "run config")
-            metrics = read_json(d / "metrics.json", "run metrics")
+            cfg = read_json(d / CONFIG_FILE, "run config")
+            metrics = read_json(d / METRICS_FILE, "run metrics")
         except UserError as e:
             res.warnings.append(f"skipped run {d.name}: {e}")
             continue
@@ -29,24 +31,24 @@ def collect(runs_dir: str | os.PathLike) -> Results:
             continue
         _merge_labelswap(d, metrics, res.warnings)
         export = None
-        if (d / "onnx" / "export.json").is_file():
+        if (d / ONNX_DIR / EXPORT_FILE).is_file():
             try:
-                export = read_json(d / "onnx" / "export.json", "export metadata")
+                export = read_json(d / ONNX_DIR / EXPORT_FILE, "export metadata")
             except UserError as e:
                 res.warnings.append(str(e))
         res.runs.append({"dir": d, "name": str(cfg.get("name") or d.name), "config": cfg, "metrics": metrics,
                          "export": export if isinstance(export, dict) else None})
-    jroot = runs_dir / "judges"
+    jroot = runs_dir / JUDGES_DIR
     if jroot.is_dir():
-        for d in sorted(p for p in jroot.iterdir() if p.is_dir() and (p / "judge.json").is_file()):
+        for d in sorted(p for p in jroot.iterdir() if p.is_dir() and (p / JUDGE_FILE).is_file()):
             try:
-                meta = read_json(d / "judge.json", "judge metadata")
+                meta = read_json(d / JUDGE_FILE, "judge metadata")
             except UserError as e:
                 res.warnings.append(str(e))
                 continue
             if isinstance(meta, dict):
                 res.judges[str(meta.get("dataset") or d.name)] = meta
-    for attr, fname in (("bench", "bench.json"), ("pipeline", "pipeline.json")):
+    for attr, fname in (("bench", BENCH_FILE), ("pipeline", PIPELINE_FILE)):
         if (runs_dir / fname).is_file():
             try:
                 doc = read_json(runs_dir / fname, fname)
@@ -55,7 +57,7 @@ def collect(runs_dir: str | os.PathLike) -> Results:
                 res.warnings.append(str(e))
     if not (res.runs or res.judges or res.bench is not None or res.warnings):
         hint = (f"; {runs_dir} is itself a run folder: pass the folder that holds the runs, e.g. {runs_dir.parent}"
-                if (runs_dir / "config.json").is_file() else "")
+                if (runs_dir / CONFIG_FILE).is_file() else "")
         raise UserError(f"no results in {runs_dir}: expected run folders (each with config.json + metrics.json, "
                         f"written by `segvae train`), judges/ or bench.json{hint}")
     return res
@@ -63,7 +65,7 @@ def collect(runs_dir: str | os.PathLike) -> Results:
 
 def _merge_labelswap(run: Path, metrics: dict, warnings: list[str]) -> None:
     """The judge stage's RUN/labelswap.json read beside training's metrics.json (in memory only)."""
-    path = run / "labelswap.json"
+    path = run / LABELSWAP_FILE
     if not path.is_file():
         return
     try:

@@ -1,16 +1,16 @@
 """The report's building blocks (tables, figures, blocks, collected results) and number formatting."""
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.bench_fields import num as as_number  # noqa: F401 - the report's name for it
+
 DASH = "—"
 ASSETS_DIR = "report_assets"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-BASELINE_BACKEND = "torch-eager"
 
 
 # =========================================================================== blocks
@@ -45,13 +45,6 @@ class Results:
 
 
 # =========================================================================== formatting
-def as_number(v) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
 def fmt(v, digits: int = 4, suffix: str = "") -> str:
     """A number with fixed decimals; None, NaN, missing or non-numbers become a dash."""
     x = as_number(v)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.bench import accuracy
-from harness.bench.backends_ort import onnx_path
+from harness.run_folder import onnx_path
 from harness.bench.launchers import ProcessWorker
 from harness.run_folder import load_run
 
