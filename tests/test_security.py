@@ -99,23 +99,17 @@ def pipeline(data_root, tmp_path_factory):
     run = runs / "r1"
     env = {"WANDB_API_KEY": secret, "WANDB_MODE": "offline"}
     logs = [cli("train", EXPERIMENT, *TINY, "--data-root", data_root, "--out", run, "--log-with", "wandb", env=env)]
-    bench = None
-    try:
-        import harness.bench  # noqa: F401 - may be unfinished
-        benv = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **env}
-        bench = subprocess.Popen(
-            [sys.executable, "-m", "harness", "bench", str(run), "--backends", "torch-eager", "--min-duration", "0.05",
-             "--min-queries", "2", "--batch-sizes", "1", "--rounds", "3", "--data-root", str(data_root),
-             "--out", str(root / "bench.json")],
-            cwd=REPO, env=benv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except ImportError:
-        pass
+    benv = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **env}
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "harness", "bench", str(run), "--backends", "torch-eager", "--min-duration", "0.05",
+         "--min-queries", "2", "--batch-sizes", "1", "--rounds", "3", "--data-root", str(data_root),
+         "--out", str(root / "bench.json")],
+        cwd=REPO, env=benv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logs.append(cli("export", run, "--data-root", data_root, env=env))
-    if bench is not None:
-        out, err = bench.communicate(timeout=600)
-        logs.append(subprocess.CompletedProcess(bench.args, bench.returncode, out, err))
-        assert bench.returncode == 0, f"bench failed:\n{out[-2000:]}\n{err[-2000:]}"
-        shutil.copy(root / "bench.json", runs / "bench.json")  # so the report includes it
+    out, err = bench.communicate(timeout=600)
+    logs.append(subprocess.CompletedProcess(bench.args, bench.returncode, out, err))
+    assert bench.returncode == 0, f"bench failed:\n{out[-2000:]}\n{err[-2000:]}"
+    shutil.copy(root / "bench.json", runs / "bench.json")  # so the report includes it
     logs.append(cli("report", runs, "--out", root / "report", env=env))
     return {"root": root, "run": run, "runs": runs, "secret": secret, "logs": logs, "bench": bench is not None}
 
@@ -132,7 +126,6 @@ def test_export_refuses_pickled_weights(pipeline, tmp_path, capsys):
 
 
 def test_bench_refuses_pickled_weights(pipeline, tmp_path, capsys):
-    pytest.importorskip("harness.bench")
     run = copy_run(pipeline["run"], tmp_path / "run")
     marker = tmp_path / "MARKER"
     (run / "model.safetensors").write_bytes(boom_torch(marker))
