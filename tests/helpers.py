@@ -6,9 +6,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"train_seconds", "seconds_per_epoch", "train_samples_per_s", "seconds", "data_wait_seconds",
                "data_wait_fraction"}
+
+
+def in_ci() -> bool:
+    """CI sets CI=true (GitHub Actions, GitLab, .ci/run): there a missing tool is a failure, not a skip."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip with `reason` on a developer's machine; under CI=true fail with it, so that CI never
+    passes by silently running less."""
+    if in_ci():
+        pytest.fail(f"CI=true, so this check must run: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def cli(*args, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
