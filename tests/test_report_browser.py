@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import write_results
 from tests.helpers import skip_unless_ci
 
 WIDTH, HEIGHT = 1280, 900
@@ -128,10 +129,9 @@ def test_report_in_headless_chromium(tmp_path):
     from PIL import Image
 
     from harness.report import build_report
-    from tests.test_report import _results
 
     runs = tmp_path / "runs"
-    _results(runs)
+    write_results(runs)
     _widen(runs)
     html = build_report(runs)["html"]
     seen = check_report(html)

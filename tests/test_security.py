@@ -15,7 +15,6 @@ import os
 import pickle
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY_UNET, cli
+from tests.helpers import REPO, TINY_UNET, cli, wandb_records
 
 EXPERIMENT = "unet-mp-tr-bce"
 TINY = [*TINY_UNET[2:], "--epochs", "1"]  # TINY_UNET without its "--epochs 2"
@@ -274,37 +273,12 @@ def test_secret_never_reaches_any_output(pipeline):
         assert meta and not any(pipeline["secret"] in v or "WANDB" in k.upper() for k, v in meta.items())
 
 
-def _wandb_records(path: Path):
-    """Protobuf records of a W&B offline .wandb file (a leveldb-style log: 32 KiB blocks of chunks)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data, pos, buf, block = path.read_bytes(), 7, b"", 32768
-    assert data[:4] == b":W&B", data[:8]
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pos += 7
-        if n == 0 and kind == 0:  # block padding
-            pos += left - 7
-            continue
-        buf += data[pos:pos + n]
-        pos += n
-        if kind in (1, 4):  # FULL or LAST chunk
-            r = pb.Record()
-            r.ParseFromString(buf)
-            buf = b""
-            yield r
-
-
 def test_wandb_config_is_the_experiment_config_only(pipeline):
     cfg = json.loads((pipeline["run"] / "config.json").read_text())
     runs = list((pipeline["run"] / "wandb").rglob("*.wandb"))
     assert len(runs) == 1, runs
     logged: dict[str, str] = {}
-    for r in _wandb_records(runs[0]):
+    for r in wandb_records(runs[0]):
         kind = r.WhichOneof("record_type")
         items = r.run.config.update if kind == "run" else r.config.update if kind == "config" else []
         logged.update({i.key: i.value_json for i in items if not i.key.startswith("_wandb")})
