@@ -303,3 +303,51 @@ def test_real_data_loads():
     for dataset in ("mnist", "cifar10"):
         s = D.build_splits(cvae_cfg(dataset), REAL)
         assert len(s["train"]) + len(s["val"]) == 8000 and len(s["test"]) == 8000, dataset
+
+
+# ---------------------------------------------------------------------------- segvae download (offline)
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every URL open fails as it does on a machine without network: nothing can be fetched."""
+    import urllib.error
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_download_without_network_says_what_and_where(no_network, tmp_path, capsys):
+    from harness.cli import main
+
+    root = tmp_path / "data"
+    assert main(["download", "mnist", "--data-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot download mnist into" in err and str(root) in err and "network access" in err
+    assert "Traceback" not in err
+    assert not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
+
+
+def test_download_keeps_data_already_there_and_trains_nothing(no_network, data_root, capsys):
+    """The fixture tree holds pets and MNIST in torchvision's layouts: checked, nothing fetched."""
+    from harness.cli import main
+
+    before = sorted(p.relative_to(data_root) for p in data_root.rglob("*"))
+    assert main(["download", "pets", "mnist", "--data-root", str(data_root)]) == 0
+    out = capsys.readouterr().out
+    assert f"data in {data_root}" in out and "segvae train EXPERIMENT --data-root" in out
+    assert sorted(p.relative_to(data_root) for p in data_root.rglob("*")) == before
+
+
+def test_download_needs_a_data_root_and_known_datasets(capsys):
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["download", "mnist"])
+    assert e.value.code == 2 and "--data-root" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["download", "imagenet", "--data-root", "x"])
+    assert e.value.code == 2 and "imagenet" in capsys.readouterr().err
+    with pytest.raises(UserError, match="expected some of pets, mnist, cifar10"):
+        D.download(["imagenet"], "x")
