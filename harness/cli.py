@@ -1,4 +1,4 @@
-"""`segvae` command line: train, judge, export, predict, bench, compare, report, run.
+"""`segvae` command line: download, train, judge, export, predict, bench, compare, report, run.
 
 Every subcommand is a thin parser over one function in its own module. A UserError prints
 one clear line and exits 2; `--debug` shows the traceback instead.
@@ -22,6 +22,14 @@ def _log_results(a) -> None:
             wandb_log.after_export(a)
         else:
             wandb_log.after_bench(a)
+
+
+def _download(a) -> int:
+    from harness.data import download
+
+    root = download(a.datasets, a.data_root)
+    print(f"data in {root}; train on it with: segvae train EXPERIMENT --data-root {root}")
+    return 0
 
 
 def _train(a) -> int:
@@ -119,8 +127,8 @@ def _run(a) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "judge": _judge, "export": _export, "predict": _predict, "bench": _bench,
-            "report": _report, "run": _run, "compare": _compare}
+COMMANDS = {"download": _download, "train": _train, "judge": _judge, "export": _export, "predict": _predict,
+            "bench": _bench, "report": _report, "run": _run, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:

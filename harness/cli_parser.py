@@ -78,6 +78,18 @@ def _command(sub, name: str, help: str, example: str, description: str | None = 
 
 
 # ---------------------------------------------------------------------------- commands
+def _download(sub) -> None:
+    from harness.data import DOWNLOADABLE
+
+    d = _command(sub, "download", "fetch data sets into --data-root (online; trains nothing)",
+                 "segvae download pets mnist cifar10 --data-root /data",
+                 "Fetch data sets, both splits, into --data-root in torchvision's layouts (what --data-root "
+                 "expects everywhere). Files already there are checked, not fetched again.")
+    d.add_argument("datasets", nargs="+", metavar="DATASET", choices=DOWNLOADABLE,
+                   help=f"one or more of: {', '.join(DOWNLOADABLE)} (segvae run needs all three)")
+    d.add_argument("--data-root", required=True, help="folder to fetch into (created if missing)")
+
+
 def _train(sub) -> None:
     t = _command(sub, "train", "train one experiment (works under `accelerate launch`)",
                  "segvae train unet-mp-tr-bce --data-root ../shared/data --out runs/unet-mp-tr-bce",
@@ -88,7 +100,8 @@ def _train(sub) -> None:
     t.add_argument("--config", help="JSON config to start from, e.g. a run's config.json (default: the registry's recipe)")
     t.add_argument("--data-root", help="dataset root in torchvision's layouts (default: the embedded real sample)")
     t.add_argument("--download", action="store_true",
-                   help="let torchvision download missing data into --data-root (online only; default: off)")
+                   help="let torchvision download missing data into --data-root, then train (online only; "
+                        "`segvae download` fetches without training; default: off)")
     t.add_argument("--epochs", type=positive_int, help="training epochs (default: the recipe's)")
     t.add_argument("--batch-size", type=positive_int, help="per-process batch size (default: the recipe's)")
     t.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's)")
@@ -287,6 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="example:\n  segvae run            # the quick preset on the embedded sample")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors (default: one line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train, _judge, _export, _predict, _bench, _compare, _report, _run):
+    for add in (_download, _train, _judge, _export, _predict, _bench, _compare, _report, _run):
         add(sub)
     return p

@@ -378,6 +378,40 @@ def _load_cifar(root: Path, train: bool, download: bool) -> LabelledImages:
                     f"CIFAR10 layout) or {png}/{{train,test}}/<class>/*.png; use --download if you are online")
 
 
+# ---------------------------------------------------------------------------- download
+DOWNLOADABLE = ("pets", "mnist", "cifar10")
+
+
+def download(datasets: Sequence[str], data_root) -> Path:
+    """Fetch datasets (both splits) into data_root in torchvision's layouts, and nothing else.
+
+    Why a step of its own: `segvae train --download` also trains, and `segvae run` never downloads.
+    torchvision skips a dataset whose files are already there (it checks them)."""
+    from torchvision.datasets import CIFAR10, MNIST, OxfordIIITPet
+
+    if data_root is None:
+        raise UserError("segvae download needs --data-root DIR: the folder to fetch into")
+    root = Path(data_root).expanduser()
+    unknown = [d for d in datasets if d not in DOWNLOADABLE]
+    if unknown:
+        raise UserError(f"cannot download {', '.join(unknown)}: expected some of {', '.join(DOWNLOADABLE)}")
+    root.mkdir(parents=True, exist_ok=True)
+    fetch = {
+        "pets": lambda: [OxfordIIITPet(str(root), split=s, target_types="segmentation", download=True)
+                         for s in ("trainval", "test")],
+        "mnist": lambda: [MNIST(str(root), train=t, download=True) for t in (True, False)],
+        "cifar10": lambda: [CIFAR10(str(root), train=t, download=True) for t in (True, False)],
+    }
+    for name in datasets:
+        print(f"downloading {name} into {root} ...", flush=True)
+        try:
+            fetch[name]()
+        except (OSError, RuntimeError) as e:  # urllib's URLError is an OSError; MNIST's mirrors end in RuntimeError
+            raise UserError(f"cannot download {name} into {root}: {e} (this needs network access; offline, copy the "
+                            "files there in torchvision's layout: docs/data.md)") from None
+    return root
+
+
 # ---------------------------------------------------------------------------- fingerprint
 def dataset_files(dataset: str, root: Path) -> list[Path]:
     """The files the loader reads for a dataset under root (both splits)."""

@@ -14,24 +14,13 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from harness.run_folder import record_run, save_config, save_weights
-from harness.config import get_experiment
-from models import build_model
+from tests.helpers import make_run, tiny_config
 
 MODELS = {
-    "unet": lambda: get_experiment("unet-mp-tr-bce").with_base_channels(8).replace(image_size=64),
-    "cvae": lambda: get_experiment("cvae-mnist").with_base_channels(8),
+    "unet": lambda: tiny_config("unet-mp-tr-bce", channels=8, image_size=64),
+    "cvae": lambda: tiny_config("cvae-mnist", channels=8),
 }
-
-
-def _make_run(run_dir: Path, cfg) -> Path:
-    torch.manual_seed(0)
-    save_config(run_dir, cfg)
-    record_run(run_dir, cfg, None, argv=None)  # the embedded sample: what export calibrates on
-    save_weights(run_dir, build_model(cfg.task, cfg.model).eval())
-    return run_dir
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +32,7 @@ def bench_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bench-runs")
     runs = {}
     for name, make in MODELS.items():
-        run = _make_run(root / name, make())
+        run = make_run(root / name, make(), record=True)  # run.json: export calibrates on the embedded sample
         export_run(run, quantize="int8", calib_count=16)
         runs[name] = run
     return runs

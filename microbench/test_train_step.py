@@ -2,6 +2,8 @@
 bf16 autocast on the CPU, with the project's losses."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -46,10 +48,12 @@ def _step_fn(model_name: str, precision: str):
 def test_train_step(benchmark, model_name, precision):
     cfg, step = _step_fn(model_name, precision)
     first = step()
-    assert first == first  # finite
+    assert math.isfinite(first), f"the first step's loss is {first}"  # NaN and +-inf both fail
     benchmark.group = f"train-{model_name}"
     benchmark.extra_info.update({"precision": precision, "batch_size": BATCH, "threads": torch.get_num_threads(),
                                  "experiment": cfg.name})
     benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
+    last = step()
+    assert math.isfinite(last) and last != first, f"loss {first} -> {last} after the timed steps: the step does not train"
     if benchmark.stats is not None:
         benchmark.extra_info["samples_per_s"] = BATCH / benchmark.stats.stats.mean

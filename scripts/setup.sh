@@ -23,3 +23,9 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 echo "environment ready: $(pwd)/.venv"
+# The report's browser check needs a system Chromium; setup installs nothing outside .venv, so it only says so.
+if ! { command -v chromium || command -v chromium-browser || command -v google-chrome; } >/dev/null \
+   || ! command -v chromedriver >/dev/null; then
+  echo "note: no chromium + chromedriver on PATH: pytest skips the report's browser check (tests/test_report_browser.py);" \
+       "to run it: sudo apt-get install -y chromium chromium-driver"
+fi

@@ -1,13 +1,18 @@
-"""Tiny SYNTHETIC datasets in the real on-disk layouts, so the real loaders run in unit tests
-without shared/data. Everything is deterministic (fixed numpy seeds).
+"""Tiny SYNTHETIC inputs in the real on-disk layouts, so the real loaders and readers run in unit
+tests without shared/data. Everything is deterministic (fixed numpy seeds).
 
+Datasets:
     make_pets(root)       -> root/oxford-iiit-pet/{images,annotations/trimaps,annotations/*.txt}
     make_mnist(root)      -> root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte
     make_cifar_png(root)  -> root/cifar10-png/{train,test}/<class>/*.png
     make_all(root)        -> all three under one root
+Stage outputs with hand-picked figures (what the report and `segvae compare` read):
+    write_results(runs)   -> runs/{RUN/{config,metrics}.json, judges/, bench.json, pipeline.json}
+    bench_v2(), bench_v1() -> bench.json documents in schema v2 (intervals) and v1
 """
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -113,3 +118,144 @@ def make_all(root) -> Path:
     make_mnist(root)
     make_cifar_png(root)
     return root
+
+
+# ---------------------------------------------------------------------------- stage outputs: report
+UNET_METRICS = {  # experiment -> seed -> (test dice, test iou, test dice_mean, val dice, train_seconds, s/epoch)
+    "unet-mp-tr-bce": {0: (0.80, 0.70, 0.78, 0.81, 100.0, 10.0), 1: (0.84, 0.72, 0.80, 0.83, 110.0, 11.0)},
+    "unet-sc-up-dice": {0: (0.75, 0.60, 0.74, 0.76, 90.0, 9.0), 1: (0.79, 0.66, 0.77, 0.80, 96.0, 9.6)},
+}
+CVAE_TEST = {"elbo": 650.5, "nll": -700.25, "kl": 49.75, "bpd": 6.789, "count": 100}
+SWAP_LABELS = [[i % 10, (i + 3) % 10] for i in range(25)]
+
+
+def write_png(path: Path, colour=(200, 30, 30), size=(10, 10)) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), colour, np.uint8)).save(path)
+    return path.read_bytes()
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def write_unet_run(runs: Path, name: str, seed: int, vals) -> None:
+    dice, iou, dice_mean, val_dice, secs, spe = vals
+    d = runs / f"{name}-s{seed}"
+    down, up = ("maxpool", "transpose") if "mp" in name else ("strided", "upsample")
+    write_json(d / "config.json", {"name": name, "task": "segmentation", "dataset": "pets", "loss": name.rsplit("-", 1)[1],
+                               "model": {"down": down, "up": up, "base_channels": 8}, "epochs": 2, "seed": seed})
+    write_png(d / "samples" / "overlays.png", (10 * seed, 100, 50))
+    write_json(d / "metrics.json", {
+        "experiment": name, "task": "segmentation", "seed": seed, "num_processes": 1, "mixed_precision": "no",
+        "epochs_run": 2, "best_epoch": 2, "train_seconds": secs, "seconds_per_epoch": spe, "train_samples_per_s": 5.0,
+        "val": {"dice": val_dice, "iou": 0.5, "dice_mean": 0.5, "iou_mean": 0.5, "count": 4, "loss": 0.3},
+        "test": {"dice": dice, "iou": iou, "dice_mean": dice_mean, "iou_mean": 0.6, "count": 6, "loss": 0.3},
+        "history": [{"epoch": 1, "train_loss": 0.6, "val": {"dice": val_dice - 0.1}, "seconds": spe},
+                    {"epoch": 2, "train_loss": 0.4, "val": {"dice": val_dice}, "seconds": spe}],
+        "samples": {"overlays": "samples/overlays.png"}})
+
+
+def write_results(runs: Path, bench: bool = True) -> dict:
+    for name, seeds in UNET_METRICS.items():
+        for seed, vals in seeds.items():
+            write_unet_run(runs, name, seed, vals)
+    c = runs / "cvae-mnist"
+    write_json(c / "config.json", {"name": "cvae-mnist", "task": "cvae", "dataset": "mnist", "loss": "elbo",
+                               "model": {"latent_dim": 16}, "seed": 0})
+    grid = write_png(c / "samples" / "label_swap_grid.png", (1, 2, 3), (20, 20))
+    write_png(c / "samples" / "label_swap_sources.png", (4, 5, 6), (20, 20))
+    write_json(c / "metrics.json", {
+        "experiment": "cvae-mnist", "task": "cvae", "seed": 0, "epochs_run": 3, "best_epoch": 3, "train_seconds": 30.0,
+        "seconds_per_epoch": 10.0, "val": {**CVAE_TEST}, "test": CVAE_TEST,
+        "history": [{"epoch": 1, "train_loss": -100.0, "val": {"elbo": 600.0}}],
+        # the figure path tries to escape runs_dir: it must be refused, and the grid + sources used instead
+        "samples": {"grid": "samples/label_swap_grid.png", "figure": "../../etc/passwd",
+                    "sources": "samples/label_swap_sources.png", "labels": SWAP_LABELS},
+        "recon": {"mae": 0.0567, "judge_acc_true_label": None},
+        "judge": {"test_acc_real": 0.9812, "grid_swap_acc": 0.88, "test_swap_acc": 0.9425, "test_swap_count": 8000}})
+    write_json(runs / "judges" / "mnist" / "judge.json", {"dataset": "mnist", "arch": {}, "val_acc": 0.985,
+                                                       "test_acc": 0.9812, "epochs": 6, "seconds": 40.0})
+    records = []
+    if bench:
+        base = {"run": "unet-mp-tr-bce-s0", "experiment": "unet-mp-tr-bce", "task": "segmentation", "rank": None}
+        for backend, prec, p50, thr, dice in (("torch-eager", "fp32", 10.0, 100.0, 0.80),
+                                              ("ort-fp32", "fp32", 5.0, 250.0, 0.80)):
+            records.append({**base, "backend": backend, "precision": prec, "scenario": "single-stream",
+                            "batch_size": 1, "samples_per_s": 1000 / p50,
+                            "latency_ms": {"p50": p50, "p90": p50 * 1.5, "p99": p50 * 2, "max": p50 * 3},
+                            "pct_of_peak": 12.5, "dice": dice, "dice_delta": 0.0})
+            for bs, k in ((1, 0.5), (8, 1.0)):
+                records.append({**base, "backend": backend, "precision": prec, "scenario": "offline",
+                                "batch_size": bs, "samples_per_s": thr * k, "latency_ms": None, "pct_of_peak": None})
+        cbase = {"run": "cvae-mnist", "experiment": "cvae-mnist", "task": "cvae", "rank": None, "batch_size": 1,
+                 "scenario": "single-stream", "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5}}
+        records += [{**cbase, "backend": "torch-eager", "precision": "fp32", "judge_acc": 0.76, "max_abs_err": 0.0,
+                     "accuracy_count": 200},
+                    {**cbase, "backend": "ort-fp32", "precision": "fp32", "judge_acc": 0.72, "max_abs_err": 3e-7,
+                     "accuracy_count": 200}]
+        write_json(runs / "bench.json", {
+            "version": 1, "env": {"cpu": "Test CPU <script>alert(1)</script>", "cores": 2, "torch": "2.x",
+                                  "command": "segvae bench runs/x"},
+            "peak": {"fp32_gflops": 200.0}, "skipped": {"ort-cuda": "no CUDA <GPU>"}, "results": records})
+    write_json(runs / "pipeline.json", {"preset": "quick", "commands": ["segvae train unet-mp-tr-bce"],
+                                    "wall_seconds": 12.5, "data_root": "/data", "reused_runs": ["cvae-mnist", "judges/mnist"]})
+    return {"grid": grid}
+
+
+# ---------------------------------------------------------------------------- stage outputs: bench.json
+# (backend, precision) -> (offline samples/s at bs 1, at bs 8, single-stream p50 ms, Dice)
+BENCH_UNET = {("torch-eager", "fp32"): (40.0, 95.0, 24.0, 0.8012), ("ort-fp32", "fp32"): (55.0, 120.0, 17.5, 0.8012),
+        ("ort-int8", "int8"): (70.0, 160.0, 13.0, 0.7984)}
+BENCH_CI = 0.02  # half width of the 95% interval, relative
+
+
+def _ci(v: float) -> list[float]:
+    return [round(v * (1 - BENCH_CI), 4), round(v * (1 + BENCH_CI), 4)]
+
+
+def _lat(p50: float) -> dict:
+    """latency_ms and latency_ms_ci of a record, as schema v2 writes them."""
+    lat = {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 1.5, "max": p50 * 2, "mean": p50 * 1.05, "std": p50 * 0.1}
+    return {"latency_ms": lat, "latency_ms_ci": {k: _ci(v) for k, v in lat.items()}}
+
+
+def bench_v2() -> dict:
+    """A bench.json in schema v2's shape: medians with 95% intervals, accuracy verdicts."""
+    results = []
+    for (backend, prec), (off1, off8, p50, dice) in BENCH_UNET.items():
+        base = {"run": "unet-mp-tr-bce", "experiment": "unet-mp-tr-bce", "task": "segmentation", "backend": backend,
+                "precision": prec, "rank": None, "world_size": 1, "threads": 2, "rounds": 5, "ci_coverage": 0.9375,
+                "dice": dice, "iou": dice - 0.1, "dice_delta": dice - 0.8012, "accuracy_count": 238,
+                "accuracy_pass": True, "accuracy_gate": {"pass": True, "metric": "Dice", "target": 0.99, "reasons": []},
+                "valid": True, "invalid_reasons": []}
+        results.append({**base, "scenario": "single-stream", "batch_size": 1, "samples_per_s": 1000 / p50,
+                        "samples_per_s_ci": _ci(1000 / p50), **_lat(p50)})
+        for bs, thr in ((1, off1), (8, off8)):
+            results.append({**base, "scenario": "offline", "batch_size": bs, "samples_per_s": thr,
+                            "samples_per_s_ci": _ci(thr), **_lat(1000 * bs / thr)})
+        results.append({**base, "scenario": "server", "batch_size": 1, "samples_per_s": 20.0,
+                        "samples_per_s_ci": _ci(20.0), **_lat(p50 * 1.1), "target_rate": 20.0, "bound_met": True})
+    for backend, judge in (("torch-eager", 0.76), ("ort-fp32", 0.75)):
+        results.append({"run": "cvae-mnist", "experiment": "cvae-mnist", "task": "cvae", "backend": backend,
+                        "precision": "fp32", "scenario": "single-stream", "batch_size": 1, "rank": None,
+                        "samples_per_s": 900.0, "samples_per_s_ci": _ci(900.0), **_lat(1.1), "judge_acc": judge,
+                        "max_abs_err": 1e-6, "accuracy_count": 1000, "accuracy_pass": True,
+                        "accuracy_gate": {"pass": True, "metric": "judge success + MAE"},
+                        "valid": True, "invalid_reasons": []})
+    results.append({**results[0], "rank": 0})  # a per-rank record: never compared
+    return {"version": 2, "env": {"cpu_model": "Test CPU", "git_commit": "abc"}, "config": {}, "skipped": {},
+            "results": results}
+
+
+def bench_v1() -> dict:
+    """The same figures without intervals or accuracy verdicts (schema v1)."""
+    doc = bench_v2()
+    for r in doc["results"]:
+        for k in ("samples_per_s_ci", "latency_ms_ci", "accuracy_count", "accuracy_pass", "accuracy_gate", "valid",
+                  "invalid_reasons", "rounds", "ci_coverage"):
+            r.pop(k, None)
+    doc["version"] = 1
+    doc["config"] = {"accuracy_samples_used": {"unet-mp-tr-bce": 238, "cvae-mnist": 1000}}
+    return doc

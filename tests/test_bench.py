@@ -21,10 +21,10 @@ from harness.bench.backends import REGISTRY, TorchCompile, TorchEager
 from harness.bench.device import Device
 from harness.bench.records import RECORD_FIELDS, SERVER_FIELDS, SCHEMA_VERSION
 from harness.bench.trackers import ENV_FIELDS, files_size, sha256
-from harness.run_folder import WEIGHTS_FILE, load_run, save_config, save_weights
-from harness.config import get_experiment
+from harness.data import build_splits
 from harness.errors import UserError
-from models import build_model
+from harness.run_folder import WEIGHTS_FILE, load_run, save_config
+from tests.helpers import make_run, tiny_config
 
 # one thread: OpenMP barriers with 2 threads on 2 busy cores (other tests running) make torch ~100x slower
 FAST = dict(min_duration=0.02, min_queries=3, batch_sizes=[1, 2], warmup=1, peak_size=256, peak_reps=2, threads=1,
@@ -53,16 +53,11 @@ class NearestMeanJudge:
 
 
 def _make_run(run_dir: Path, cfg, data_root) -> Path:
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.task, cfg.model).eval()
-    if cfg.task == "segmentation":  # centre the head so roughly half the pixels are "pet": Dice is not 0
-        from harness.data import build_splits
-        x = torch.stack([build_splits(cfg, data_root)["test"][i][0] for i in range(2)])
-        with torch.no_grad():
-            model.head.bias -= model(x).median()
-    save_config(run_dir, cfg)
-    save_weights(run_dir, model)
-    return run_dir
+    """A tiny run whose UNet head is centred on two fixture test images: Dice is not 0."""
+    centre_on = None
+    if cfg.task == "segmentation":
+        centre_on = torch.stack([build_splits(cfg, data_root)["test"][i][0] for i in range(2)])
+    return make_run(run_dir, cfg, seed=cfg.seed, centre_on=centre_on)
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +65,8 @@ def runs(tmp_path_factory, data_root):
     from harness.export_stage import export_run
 
     root = tmp_path_factory.mktemp("bench-runs")
-    unet = _make_run(root / "tiny-unet", get_experiment("unet-mp-tr-bce").with_base_channels(4).replace(image_size=32),
-                     data_root)
-    cvae = _make_run(root / "tiny-cvae", get_experiment("cvae-mnist").with_base_channels(4), data_root)
+    unet = _make_run(root / "tiny-unet", tiny_config("unet-mp-tr-bce"), data_root)
+    cvae = _make_run(root / "tiny-cvae", tiny_config("cvae-mnist"), data_root)
     for r in (unet, cvae):  # the bench never exports: both runs are exported first
         export_run(r, quantize="int8", data_root=data_root, calib_count=8)
     return {"unet": unet, "cvae": cvae}
@@ -80,7 +74,6 @@ def runs(tmp_path_factory, data_root):
 
 @pytest.fixture(scope="module")
 def judge(runs, data_root):
-    from harness.data import build_splits
     return NearestMeanJudge(build_splits(load_run(runs["cvae"])[0], data_root)["train"])
 
 
@@ -246,7 +239,6 @@ def test_flops_and_peak(bench, runs):
 
 # ---------------------------------------------------------------------------- accuracy
 def test_unet_accuracy_equals_direct_computation(bench, runs, data_root):
-    from harness.data import build_splits
     from harness.metrics import seg_metrics, seg_stats
 
     doc, _ = bench
@@ -270,7 +262,6 @@ def test_unet_accuracy_equals_direct_computation(bench, runs, data_root):
 
 
 def test_cvae_swap_gate_uses_the_judges_predictions(bench, runs, data_root, judge):
-    from harness.data import build_splits
     from harness.labelswap import swap_inputs
 
     doc, _ = bench

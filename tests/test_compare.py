@@ -8,62 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.compare import FASTER, SAME, SLOWER, compare, parse_fraction
-
-# (backend, precision) -> (offline samples/s at bs 1, at bs 8, single-stream p50 ms, Dice)
-UNET = {("torch-eager", "fp32"): (40.0, 95.0, 24.0, 0.8012), ("ort-fp32", "fp32"): (55.0, 120.0, 17.5, 0.8012),
-        ("ort-int8", "int8"): (70.0, 160.0, 13.0, 0.7984)}
-CI = 0.02  # half width of the 95% interval, relative
-
-
-def _ci(v: float) -> list[float]:
-    return [round(v * (1 - CI), 4), round(v * (1 + CI), 4)]
-
-
-def _lat(p50: float) -> dict:
-    """latency_ms and latency_ms_ci of a record, as schema v2 writes them."""
-    lat = {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 1.5, "max": p50 * 2, "mean": p50 * 1.05, "std": p50 * 0.1}
-    return {"latency_ms": lat, "latency_ms_ci": {k: _ci(v) for k, v in lat.items()}}
-
-
-def bench_v2() -> dict:
-    """A bench.json in schema v2's shape: medians with 95% intervals, accuracy verdicts."""
-    results = []
-    for (backend, prec), (off1, off8, p50, dice) in UNET.items():
-        base = {"run": "unet-mp-tr-bce", "experiment": "unet-mp-tr-bce", "task": "segmentation", "backend": backend,
-                "precision": prec, "rank": None, "world_size": 1, "threads": 2, "rounds": 5, "ci_coverage": 0.9375,
-                "dice": dice, "iou": dice - 0.1, "dice_delta": dice - 0.8012, "accuracy_count": 238,
-                "accuracy_pass": True, "accuracy_gate": {"pass": True, "metric": "Dice", "target": 0.99, "reasons": []},
-                "valid": True, "invalid_reasons": []}
-        results.append({**base, "scenario": "single-stream", "batch_size": 1, "samples_per_s": 1000 / p50,
-                        "samples_per_s_ci": _ci(1000 / p50), **_lat(p50)})
-        for bs, thr in ((1, off1), (8, off8)):
-            results.append({**base, "scenario": "offline", "batch_size": bs, "samples_per_s": thr,
-                            "samples_per_s_ci": _ci(thr), **_lat(1000 * bs / thr)})
-        results.append({**base, "scenario": "server", "batch_size": 1, "samples_per_s": 20.0,
-                        "samples_per_s_ci": _ci(20.0), **_lat(p50 * 1.1), "target_rate": 20.0, "bound_met": True})
-    for backend, judge in (("torch-eager", 0.76), ("ort-fp32", 0.75)):
-        results.append({"run": "cvae-mnist", "experiment": "cvae-mnist", "task": "cvae", "backend": backend,
-                        "precision": "fp32", "scenario": "single-stream", "batch_size": 1, "rank": None,
-                        "samples_per_s": 900.0, "samples_per_s_ci": _ci(900.0), **_lat(1.1), "judge_acc": judge,
-                        "max_abs_err": 1e-6, "accuracy_count": 1000, "accuracy_pass": True,
-                        "accuracy_gate": {"pass": True, "metric": "judge success + MAE"},
-                        "valid": True, "invalid_reasons": []})
-    results.append({**results[0], "rank": 0})  # a per-rank record: never compared
-    return {"version": 2, "env": {"cpu_model": "Test CPU", "git_commit": "abc"}, "config": {}, "skipped": {},
-            "results": results}
-
-
-def bench_v1() -> dict:
-    """The same figures without intervals or accuracy verdicts (schema v1)."""
-    doc = bench_v2()
-    for r in doc["results"]:
-        for k in ("samples_per_s_ci", "latency_ms_ci", "accuracy_count", "accuracy_pass", "accuracy_gate", "valid",
-                  "invalid_reasons", "rounds", "ci_coverage"):
-            r.pop(k, None)
-    doc["version"] = 1
-    doc["config"] = {"accuracy_samples_used": {"unet-mp-tr-bce": 238, "cvae-mnist": 1000}}
-    return doc
-
+from tests.fixtures import bench_v1, bench_v2
 
 def _scaled(doc: dict, backend: str, factor: float) -> dict:
     """One backend's throughput (and interval) times factor; its latency (and interval) divided by it."""

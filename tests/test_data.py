@@ -15,8 +15,7 @@ from harness.errors import UserError
 from tests.fixtures import PNG_AS_JPG, make_cifar_png, make_mnist, make_pets
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = next((p for p in (Path("/work/shared/data"), REPO.parent / "shared" / "data")
-             if (p / "oxford-iiit-pet").is_dir()), None)
+REAL = REPO.parent / "shared" / "data"  # the real-data sample beside the checkout (README: ../shared/data)
 
 
 def seg_cfg(**kw):
@@ -296,9 +295,59 @@ def test_embedded_sample_loads():
         assert torch.bincount(s["test"].labels, minlength=10).min() > 0
 
 
-@pytest.mark.skipif(REAL is None, reason="real data (shared/data) not present on this machine")
+@pytest.mark.skipif(not (REAL / "oxford-iiit-pet").is_dir(),
+                    reason=f"no real data at {REAL} (../shared/data beside the checkout): nothing to load")
 def test_real_data_loads():
     s = D.build_splits(seg_cfg(), REAL)
     assert len(s["train"]) + len(s["val"]) == 240 and len(s["test"]) == 238
-    s = D.build_splits(cvae_cfg("mnist"), REAL)
-    assert len(s["train"]) + len(s["val"]) == 8000 and len(s["test"]) == 8000
+    for dataset in ("mnist", "cifar10"):
+        s = D.build_splits(cvae_cfg(dataset), REAL)
+        assert len(s["train"]) + len(s["val"]) == 8000 and len(s["test"]) == 8000, dataset
+
+
+# ---------------------------------------------------------------------------- segvae download (offline)
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every URL open fails as it does on a machine without network: nothing can be fetched."""
+    import urllib.error
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_download_without_network_says_what_and_where(no_network, tmp_path, capsys):
+    from harness.cli import main
+
+    root = tmp_path / "data"
+    assert main(["download", "mnist", "--data-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot download mnist into" in err and str(root) in err and "network access" in err
+    assert "Traceback" not in err
+    assert not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
+
+
+def test_download_keeps_data_already_there_and_trains_nothing(no_network, data_root, capsys):
+    """The fixture tree holds pets and MNIST in torchvision's layouts: checked, nothing fetched."""
+    from harness.cli import main
+
+    before = sorted(p.relative_to(data_root) for p in data_root.rglob("*"))
+    assert main(["download", "pets", "mnist", "--data-root", str(data_root)]) == 0
+    out = capsys.readouterr().out
+    assert f"data in {data_root}" in out and "segvae train EXPERIMENT --data-root" in out
+    assert sorted(p.relative_to(data_root) for p in data_root.rglob("*")) == before
+
+
+def test_download_needs_a_data_root_and_known_datasets(capsys):
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["download", "mnist"])
+    assert e.value.code == 2 and "--data-root" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["download", "imagenet", "--data-root", "x"])
+    assert e.value.code == 2 and "imagenet" in capsys.readouterr().err
+    with pytest.raises(UserError, match="expected some of pets, mnist, cifar10"):
+        D.download(["imagenet"], "x")

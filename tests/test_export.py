@@ -20,12 +20,12 @@ from PIL import Image
 
 from exports.onnx_export import FP16_TOLERANCE, OPSET, build_metadata, graph_specs
 from exports.session import OrtSession
-from harness.run_folder import load_run, save_config, save_weights
-from harness.config import get_experiment
 from harness.errors import UserError
 from harness.export_data import dataset_info
 from harness.export_stage import export_run
-from models import build_model
+from harness.run_folder import load_run, save_weights
+from tests import helpers
+from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["unet-mp-tr-bce", "unet-mp-tr-dice", "unet-sc-tr-bce", "unet-sc-up-dice", "cvae-mnist", "cvae-cifar10"]
@@ -35,23 +35,8 @@ TOL = 1e-4
 
 
 def make_run(root: Path, name: str, seed: int = 0) -> Path:
-    cfg = get_experiment(name).with_base_channels(4)
-    if cfg.task == "segmentation":
-        cfg = cfg.replace(image_size=32)
-    torch.manual_seed(seed)
-    model = build_model(cfg.task, cfg.model)
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode BN is really exercised
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-        if cfg.task == "segmentation":  # about half the pixels predicted "pet": Dice is then informative
-            x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-            model.head.bias -= model.eval()(x).median()
-    run = root / name
-    save_config(run, cfg)
-    save_weights(run, model)
-    return run
+    """A tiny random-init run of `name` under root, with non-trivial BatchNorm statistics."""
+    return helpers.make_run(root / name, tiny_config(name), seed=seed, random_batchnorm=True)
 
 
 @pytest.fixture(scope="module")

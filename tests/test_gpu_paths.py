@@ -82,9 +82,23 @@ def test_without_tensorrt_libraries_cuda_runs_and_an_explicit_ask_says_why(monke
     assert "has no TensorrtExecutionProvider" in P.providers_for("cuda:0", tensorrt=True)[1]
 
 
-def test_tensorrt_problem_on_this_machine():
-    problem = P.tensorrt_problem()
-    assert problem is None or "libnvinfer" in problem
+def test_tensorrt_problem_loads_the_first_library_that_loads(monkeypatch, tmp_path):
+    """None only when a libnvinfer candidate really loads; a file that is not a library, or none at all,
+    is named as the problem (a CPU-only machine must never be told TensorRT is there)."""
+    import ctypes.util
+
+    loadable = ctypes.util.find_library("c")  # a library that loads, standing in for libnvinfer
+    assert loadable, "the C library is not found on this machine"
+    wheel_dir = tmp_path / "tensorrt_libs"
+    wheel_dir.mkdir()
+    system_lib = {"nvinfer": None}
+    monkeypatch.setattr(P, "_tensorrt_lib_dirs", lambda: [str(wheel_dir)])
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: system_lib.get(name))
+    assert "libnvinfer" in P.tensorrt_problem()  # no candidate at all
+    (wheel_dir / "libnvinfer.so.10").write_bytes(b"not an ELF file")
+    assert "libnvinfer" in P.tensorrt_problem()  # a candidate that does not load
+    system_lib["nvinfer"] = loadable
+    assert P.tensorrt_problem() is None  # the broken wheel file is skipped, the loadable one is used
 
 
 # ---------------------------------------------------------------------------- sessions

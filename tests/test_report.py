@@ -7,93 +7,10 @@ import re
 import statistics
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from harness.report import build_report
-
-UNET = {  # experiment -> seed -> (test dice, test iou, test dice_mean, val dice, train_seconds, s/epoch)
-    "unet-mp-tr-bce": {0: (0.80, 0.70, 0.78, 0.81, 100.0, 10.0), 1: (0.84, 0.72, 0.80, 0.83, 110.0, 11.0)},
-    "unet-sc-up-dice": {0: (0.75, 0.60, 0.74, 0.76, 90.0, 9.0), 1: (0.79, 0.66, 0.77, 0.80, 96.0, 9.6)},
-}
-CVAE_TEST = {"elbo": 650.5, "nll": -700.25, "kl": 49.75, "bpd": 6.789, "count": 100}
-LABELS = [[i % 10, (i + 3) % 10] for i in range(25)]
-
-
-def _png(path: Path, colour=(200, 30, 30), size=(10, 10)) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((size[1], size[0], 3), colour, np.uint8)).save(path)
-    return path.read_bytes()
-
-
-def _write(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
-
-
-def _unet_run(runs: Path, name: str, seed: int, vals) -> None:
-    dice, iou, dice_mean, val_dice, secs, spe = vals
-    d = runs / f"{name}-s{seed}"
-    down, up = ("maxpool", "transpose") if "mp" in name else ("strided", "upsample")
-    _write(d / "config.json", {"name": name, "task": "segmentation", "dataset": "pets", "loss": name.rsplit("-", 1)[1],
-                               "model": {"down": down, "up": up, "base_channels": 8}, "epochs": 2, "seed": seed})
-    _png(d / "samples" / "overlays.png", (10 * seed, 100, 50))
-    _write(d / "metrics.json", {
-        "experiment": name, "task": "segmentation", "seed": seed, "num_processes": 1, "mixed_precision": "no",
-        "epochs_run": 2, "best_epoch": 2, "train_seconds": secs, "seconds_per_epoch": spe, "train_samples_per_s": 5.0,
-        "val": {"dice": val_dice, "iou": 0.5, "dice_mean": 0.5, "iou_mean": 0.5, "count": 4, "loss": 0.3},
-        "test": {"dice": dice, "iou": iou, "dice_mean": dice_mean, "iou_mean": 0.6, "count": 6, "loss": 0.3},
-        "history": [{"epoch": 1, "train_loss": 0.6, "val": {"dice": val_dice - 0.1}, "seconds": spe},
-                    {"epoch": 2, "train_loss": 0.4, "val": {"dice": val_dice}, "seconds": spe}],
-        "samples": {"overlays": "samples/overlays.png"}})
-
-
-def _results(runs: Path, bench: bool = True) -> dict:
-    for name, seeds in UNET.items():
-        for seed, vals in seeds.items():
-            _unet_run(runs, name, seed, vals)
-    c = runs / "cvae-mnist"
-    _write(c / "config.json", {"name": "cvae-mnist", "task": "cvae", "dataset": "mnist", "loss": "elbo",
-                               "model": {"latent_dim": 16}, "seed": 0})
-    grid = _png(c / "samples" / "label_swap_grid.png", (1, 2, 3), (20, 20))
-    _png(c / "samples" / "label_swap_sources.png", (4, 5, 6), (20, 20))
-    _write(c / "metrics.json", {
-        "experiment": "cvae-mnist", "task": "cvae", "seed": 0, "epochs_run": 3, "best_epoch": 3, "train_seconds": 30.0,
-        "seconds_per_epoch": 10.0, "val": {**CVAE_TEST}, "test": CVAE_TEST,
-        "history": [{"epoch": 1, "train_loss": -100.0, "val": {"elbo": 600.0}}],
-        # the figure path tries to escape runs_dir: it must be refused, and the grid + sources used instead
-        "samples": {"grid": "samples/label_swap_grid.png", "figure": "../../etc/passwd",
-                    "sources": "samples/label_swap_sources.png", "labels": LABELS},
-        "recon": {"mae": 0.0567, "judge_acc_true_label": None},
-        "judge": {"test_acc_real": 0.9812, "grid_swap_acc": 0.88, "test_swap_acc": 0.9425, "test_swap_count": 8000}})
-    _write(runs / "judges" / "mnist" / "judge.json", {"dataset": "mnist", "arch": {}, "val_acc": 0.985,
-                                                       "test_acc": 0.9812, "epochs": 6, "seconds": 40.0})
-    records = []
-    if bench:
-        base = {"run": "unet-mp-tr-bce-s0", "experiment": "unet-mp-tr-bce", "task": "segmentation", "rank": None}
-        for backend, prec, p50, thr, dice in (("torch-eager", "fp32", 10.0, 100.0, 0.80),
-                                              ("ort-fp32", "fp32", 5.0, 250.0, 0.80)):
-            records.append({**base, "backend": backend, "precision": prec, "scenario": "single-stream",
-                            "batch_size": 1, "samples_per_s": 1000 / p50,
-                            "latency_ms": {"p50": p50, "p90": p50 * 1.5, "p99": p50 * 2, "max": p50 * 3},
-                            "pct_of_peak": 12.5, "dice": dice, "dice_delta": 0.0})
-            for bs, k in ((1, 0.5), (8, 1.0)):
-                records.append({**base, "backend": backend, "precision": prec, "scenario": "offline",
-                                "batch_size": bs, "samples_per_s": thr * k, "latency_ms": None, "pct_of_peak": None})
-        cbase = {"run": "cvae-mnist", "experiment": "cvae-mnist", "task": "cvae", "rank": None, "batch_size": 1,
-                 "scenario": "single-stream", "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5}}
-        records += [{**cbase, "backend": "torch-eager", "precision": "fp32", "judge_acc": 0.76, "max_abs_err": 0.0,
-                     "accuracy_count": 200},
-                    {**cbase, "backend": "ort-fp32", "precision": "fp32", "judge_acc": 0.72, "max_abs_err": 3e-7,
-                     "accuracy_count": 200}]
-        _write(runs / "bench.json", {
-            "version": 1, "env": {"cpu": "Test CPU <script>alert(1)</script>", "cores": 2, "torch": "2.x",
-                                  "command": "segvae bench runs/x"},
-            "peak": {"fp32_gflops": 200.0}, "skipped": {"ort-cuda": "no CUDA <GPU>"}, "results": records})
-    _write(runs / "pipeline.json", {"preset": "quick", "commands": ["segvae train unet-mp-tr-bce"],
-                                    "wall_seconds": 12.5, "data_root": "/data", "reused_runs": ["cvae-mnist", "judges/mnist"]})
-    return {"grid": grid}
+from tests.fixtures import UNET_METRICS, write_json, write_png, write_results, write_unet_run
 
 
 def md_tables(md: str) -> list[dict]:
@@ -124,7 +41,7 @@ def _stat(xs, d=4) -> str:
 
 def test_report_tables_match_json(tmp_path):
     runs = tmp_path / "runs"
-    fx = _results(runs)
+    fx = write_results(runs)
     paths = build_report(runs)
     assert set(paths) >= {"html", "md"}
     md = Path(paths["md"]).read_text()
@@ -132,8 +49,8 @@ def test_report_tables_match_json(tmp_path):
 
     unet = table_with(tables, "test Dice")
     rows = {r[0]: dict(zip(unet["columns"], r)) for r in unet["rows"]}
-    assert set(rows) == set(UNET)
-    for name, seeds in UNET.items():
+    assert set(rows) == set(UNET_METRICS)
+    for name, seeds in UNET_METRICS.items():
         vals = list(seeds.values())
         row = rows[name]
         assert row["test Dice"] == _stat([v[0] for v in vals])
@@ -188,7 +105,7 @@ def test_report_tables_match_json(tmp_path):
 
 def test_html_self_contained_and_escaped(tmp_path):
     runs = tmp_path / "runs"
-    fx = _results(runs)
+    fx = write_results(runs)
     html = Path(build_report(runs, out_dir=tmp_path / "out")["html"]).read_text()
     assert html.lstrip().lower().startswith("<!doctype html>")
     for tag in ("<html", "</html>", "<body>", "</body>", "<head>", "</head>"):
@@ -206,9 +123,9 @@ def test_html_self_contained_and_escaped(tmp_path):
 
 def test_path_outside_runs_dir_is_refused(tmp_path):
     runs = tmp_path / "runs"
-    _results(runs)
+    write_results(runs)
     secret = tmp_path / "secret.png"
-    data = _png(secret, (9, 9, 9))
+    data = write_png(secret, (9, 9, 9))
     metrics = json.loads((runs / "unet-mp-tr-bce-s0" / "metrics.json").read_text())
     metrics["samples"]["overlays"] = "../../secret.png"
     (runs / "unet-mp-tr-bce-s0" / "metrics.json").write_text(json.dumps(metrics))
@@ -226,11 +143,11 @@ def test_path_outside_runs_dir_is_refused(tmp_path):
 
 def test_report_without_bench_or_judges(tmp_path):
     runs = tmp_path / "runs"
-    _results(runs, bench=False)
+    write_results(runs, bench=False)
     (runs / "judges" / "mnist" / "judge.json").unlink()
     m = json.loads((runs / "cvae-mnist" / "metrics.json").read_text())
     del m["judge"]  # no judge ran: no scores in the run either
-    _write(runs / "cvae-mnist" / "metrics.json", m)
+    write_json(runs / "cvae-mnist" / "metrics.json", m)
     md = Path(build_report(runs)["md"]).read_text()
     assert "Benchmark: not run" in md
     assert "Judges: not run" in md and "Label-swap scores: not run" in md
@@ -245,7 +162,7 @@ def test_report_empty_runs_dir(tmp_path):
     with pytest.raises(UserError, match=f"no results in {tmp_path}"):  # an empty report would hide the mistake
         build_report(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
-    _unet_run(tmp_path, "a-run", 0, UNET["unet-mp-tr-bce"][0])
+    write_unet_run(tmp_path, "a-run", 0, UNET_METRICS["unet-mp-tr-bce"][0])
     with pytest.raises(UserError, match="is itself a run folder"):
         build_report(tmp_path / "a-run-s0")
     assert not (tmp_path / "report.html").exists()

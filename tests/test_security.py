@@ -15,7 +15,6 @@ import os
 import pickle
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import uuid
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY_UNET, cli
+from tests.helpers import REPO, TINY_UNET, cli, wandb_records
 
 EXPERIMENT = "unet-mp-tr-bce"
 TINY = [*TINY_UNET[2:], "--epochs", "1"]  # TINY_UNET without its "--epochs 2"
@@ -99,23 +98,17 @@ def pipeline(data_root, tmp_path_factory):
     run = runs / "r1"
     env = {"WANDB_API_KEY": secret, "WANDB_MODE": "offline"}
     logs = [cli("train", EXPERIMENT, *TINY, "--data-root", data_root, "--out", run, "--log-with", "wandb", env=env)]
-    bench = None
-    try:
-        import harness.bench  # noqa: F401 - may be unfinished
-        benv = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **env}
-        bench = subprocess.Popen(
-            [sys.executable, "-m", "harness", "bench", str(run), "--backends", "torch-eager", "--min-duration", "0.05",
-             "--min-queries", "2", "--batch-sizes", "1", "--rounds", "3", "--data-root", str(data_root),
-             "--out", str(root / "bench.json")],
-            cwd=REPO, env=benv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except ImportError:
-        pass
+    benv = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), **env}
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "harness", "bench", str(run), "--backends", "torch-eager", "--min-duration", "0.05",
+         "--min-queries", "2", "--batch-sizes", "1", "--rounds", "3", "--data-root", str(data_root),
+         "--out", str(root / "bench.json")],
+        cwd=REPO, env=benv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logs.append(cli("export", run, "--data-root", data_root, env=env))
-    if bench is not None:
-        out, err = bench.communicate(timeout=600)
-        logs.append(subprocess.CompletedProcess(bench.args, bench.returncode, out, err))
-        assert bench.returncode == 0, f"bench failed:\n{out[-2000:]}\n{err[-2000:]}"
-        shutil.copy(root / "bench.json", runs / "bench.json")  # so the report includes it
+    out, err = bench.communicate(timeout=600)
+    logs.append(subprocess.CompletedProcess(bench.args, bench.returncode, out, err))
+    assert bench.returncode == 0, f"bench failed:\n{out[-2000:]}\n{err[-2000:]}"
+    shutil.copy(root / "bench.json", runs / "bench.json")  # so the report includes it
     logs.append(cli("report", runs, "--out", root / "report", env=env))
     return {"root": root, "run": run, "runs": runs, "secret": secret, "logs": logs, "bench": bench is not None}
 
@@ -132,7 +125,6 @@ def test_export_refuses_pickled_weights(pipeline, tmp_path, capsys):
 
 
 def test_bench_refuses_pickled_weights(pipeline, tmp_path, capsys):
-    pytest.importorskip("harness.bench")
     run = copy_run(pipeline["run"], tmp_path / "run")
     marker = tmp_path / "MARKER"
     (run / "model.safetensors").write_bytes(boom_torch(marker))
@@ -282,37 +274,12 @@ def test_secret_never_reaches_any_output(pipeline):
         assert meta and not any(pipeline["secret"] in v or "WANDB" in k.upper() for k, v in meta.items())
 
 
-def _wandb_records(path: Path):
-    """Protobuf records of a W&B offline .wandb file (a leveldb-style log: 32 KiB blocks of chunks)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data, pos, buf, block = path.read_bytes(), 7, b"", 32768
-    assert data[:4] == b":W&B", data[:8]
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pos += 7
-        if n == 0 and kind == 0:  # block padding
-            pos += left - 7
-            continue
-        buf += data[pos:pos + n]
-        pos += n
-        if kind in (1, 4):  # FULL or LAST chunk
-            r = pb.Record()
-            r.ParseFromString(buf)
-            buf = b""
-            yield r
-
-
 def test_wandb_config_is_the_experiment_config_only(pipeline):
     cfg = json.loads((pipeline["run"] / "config.json").read_text())
     runs = list((pipeline["run"] / "wandb").rglob("*.wandb"))
     assert len(runs) == 1, runs
     logged: dict[str, str] = {}
-    for r in _wandb_records(runs[0]):
+    for r in wandb_records(runs[0]):
         kind = r.WhichOneof("record_type")
         items = r.run.config.update if kind == "run" else r.config.update if kind == "config" else []
         logged.update({i.key: i.value_json for i in items if not i.key.startswith("_wandb")})

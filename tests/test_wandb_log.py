@@ -11,9 +11,8 @@ import pytest
 from harness import wandb_log
 from harness.errors import UserError
 from harness.run_folder import WANDB_ARTIFACT_FILE
-from tests.helpers import TINY_UNET, cli
-from tests.test_compare import bench_v1, bench_v2
-from tests.test_security import _wandb_records as wandb_records  # .wandb reader via wandb's protobufs
+from tests.fixtures import bench_v1, bench_v2
+from tests.helpers import TINY_UNET, cli, wandb_records
 
 
 def offline_run(wandb_dir: Path) -> tuple[Path, list]:
