@@ -1,4 +1,4 @@
-"""`segvae` command line: download, train, judge, export, predict, bench, compare, report, run.
+"""`segvae` command line: download, train, judge, export, predict, bench, profile, compare, report, run.
 
 Every subcommand is a thin parser over one function in its own module. A UserError prints
 one clear line and exits 2; `--debug` shows the traceback instead.
@@ -72,13 +72,18 @@ def _judge(a) -> int:
 
 
 def _export(a) -> int:
+    from exports.quantize import QuantOptions
     from harness.export_stage import export_run
 
+    types = {"u8s8": ("QUInt8", "QInt8"), "s8s8": ("QInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8")}[a.int8_types]
+    quant = QuantOptions(per_channel=not a.int8_per_tensor, activations=types[0], weights=types[1],
+                         op_types=tuple(a.int8_ops) if a.int8_ops else None)  # reduce_range: --reduce-range
     export_run(a.run_dir, out_dir=a.out, quantize=a.quantize, calib_count=a.calib_count,
                data_root=a.data_root, tolerance=a.tolerance, threads=a.threads,
                fold_batchnorm=not a.no_fold_batchnorm, int8_pixel_shuffle_up=not a.keep_convtranspose,
                fp16=a.fp16, fp16_tolerance=a.fp16_tolerance, accuracy_target=a.accuracy_target, strict=a.strict,
-               reduce_range=a.reduce_range)
+               reduce_range=a.reduce_range, max_mae=a.max_mae,
+               int8_fallback=a.int8_fallback, max_fallback=a.max_fallback, quant=quant)
     _log_results(a)
     return 0
 
@@ -105,6 +110,14 @@ def _bench(a) -> int:
     return 0
 
 
+def _profile(a) -> int:
+    from harness.profile import profile_run
+
+    profile_run(a.run_dir, batch_size=a.batch_size, threads=a.threads, backends=a.backends, reps=a.reps,
+                peak=a.peak, out_dir=a.out, wait=a.wait, top=a.top)
+    return 0
+
+
 def _report(a) -> int:
     from harness.report import build_report
 
@@ -128,7 +141,8 @@ def _run(a) -> int:
 
 
 COMMANDS = {"download": _download, "train": _train, "judge": _judge, "export": _export, "predict": _predict,
-            "bench": _bench, "report": _report, "run": _run, "compare": _compare}
+            "bench": _bench, "report": _report, "run": _run, "compare": _compare,
+            "profile": _profile}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,6 +174,21 @@ def _export(sub) -> None:
     e.add_argument("--reduce-range", choices=["auto", "on", "off"], default="auto",
                    help="7-bit int8 weights, ONNX Runtime's remedy for U8S8 saturation; auto: on for CPUs "
                         "without VNNI, off with it (default: auto; recorded in export.json)")
+    e.add_argument("--max-mae", type=positive_float, default=0.02,
+                   help="CVAE int8 gate: the largest mean |int8 - fp32| of the swap outputs on [0, 1] images "
+                        "(default: 0.02)")
+    e.add_argument("--int8-fallback", action="store_true",
+                   help="accuracy-aware int8: when the gate fails, return the quantized layers that add the most "
+                        "error to fp32 one at a time until it passes; export.json says which, the metric and the "
+                        "speed it cost (default: off)")
+    e.add_argument("--max-fallback", type=positive_int, default=8,
+                   help="with --int8-fallback: at most this many layers back in fp32 (default: 8)")
+    e.add_argument("--int8-ops", type=csv,
+                   help="op types to quantize, comma list, e.g. Conv,Gemm,MatMul (default: every type ORT can)")
+    e.add_argument("--int8-per-tensor", action="store_true",
+                   help="one weight scale per tensor instead of per output channel (default: per channel)")
+    e.add_argument("--int8-types", choices=["u8s8", "s8s8", "u8u8"], default="u8s8",
+                   help="activation and weight types (default: u8s8, the fast pair on x86)")
     e.add_argument("--threads", type=positive_int, help="ONNX Runtime threads for the checks (default: all cores)")
     e.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
                    help="wandb: log the ONNX files + export.json as a model artifact naming the training run "
@@ -246,6 +261,26 @@ def _bench(sub) -> None:
                         "artifacts (offline unless you ran `wandb login`; default: none)")
 
 
+def _profile(sub) -> None:
+    pr = _command(sub, "profile", "per-layer time, PyTorch vs each ONNX Runtime graph, with GOP/s and int8 error",
+                  "segvae profile runs/unet-mp-tr-bce --batch-size 8 --peak bench.json",
+                  "Time every layer (module) in PyTorch (torch.profiler) and the nodes that came from it in each "
+                  "ONNX Runtime graph (ORT's profiler), at the bench's threads; write RUN/profile.json and "
+                  "RUN/profile.md. Needs `segvae export RUN --quantize int8` first.")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="an exported run folder")
+    pr.add_argument("--backends", type=csv, default=["torch-eager", "ort-fp32", "ort-int8"],
+                    help="comma list of CPU backends (default: torch-eager,ort-fp32,ort-int8)")
+    pr.add_argument("--batch-size", type=positive_int, default=8, help="batch size (default: 8)")
+    pr.add_argument("--threads", type=positive_int, help="threads (default: all cores, as the bench)")
+    pr.add_argument("--reps", type=positive_int, default=40, help="profiled runs per backend (default: 40)")
+    pr.add_argument("--peak", help="the matmul peak: a bench.json (its \"peak\") or the probe's JSON (default: "
+                                   "none: no share of peak)")
+    pr.add_argument("--wait", choices=["spin", "passive"], default="spin",
+                    help="idle ORT threads spin or sleep, as the bench's --wait (default: spin)")
+    pr.add_argument("--top", type=positive_int, default=10, help="layers in the Markdown table (default: 10)")
+    pr.add_argument("--out", help="output folder (default: RUN_DIR)")
+
+
 def _compare(sub) -> None:
     c = _command(sub, "compare", "regression gate: compare two bench.json files (exit 1 on a regression)",
                  "segvae compare main/bench.json pr/bench.json --max-slowdown 5% --out comparison.md",
@@ -300,6 +335,6 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="example:\n  segvae run            # the quick preset on the embedded sample")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors (default: one line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_download, _train, _judge, _export, _predict, _bench, _compare, _report, _run):
+    for add in (_download, _train, _judge, _export, _predict, _bench, _profile, _compare, _report, _run):
         add(sub)
     return p

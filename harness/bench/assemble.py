@@ -38,7 +38,7 @@ def _base(ctx, job: dict, name: str, ranks: list[dict], acc: dict, gate: dict) -
     cls = REGISTRY[name]
     status, why = backend_status(ctx.host, cls, ctx.device.kind)
     load = ranks[0]["load"]
-    if cls.family == "ort":
+    if getattr(cls, "runs_onnx", False):
         f = job["onnx"][cls.precision]
         model_file, sha = f["path"], f["sha256"]
     else:
@@ -51,9 +51,9 @@ def _base(ctx, job: dict, name: str, ranks: list[dict], acc: dict, gate: dict) -
         "flops_per_sample": job["flops_per_sample"],
         "peak_rss_mb": finish[0]["peak_rss_mb"], "torch_in_process": finish[0]["torch_imported"],
         "model_bytes": load["model_bytes"], "model_file": model_file, "model_sha256": sha,
-        "export_config_hash": job["export_config_hash"] if cls.family == "ort" else None,
+        "export_config_hash": job["export_config_hash"] if getattr(cls, "runs_onnx", False) else None,
         "run_config_hash": job["run_config_hash"], "threads": ctx.threads, "isolated": ctx.isolated,
-        "device": "cpu" if cls.family == "ort" and not getattr(cls, "gpu", False) else str(ctx.device),
+        "device": "cpu" if getattr(cls, "runs_onnx", False) and not getattr(cls, "gpu", False) else str(ctx.device),
         "form": load["form"], "_compile": load["compile_s"], "worker_pids": load.get("pids"),
         **{k: v for k, v in acc.items() if not k.startswith("_")},
         "accuracy_subset": job["subset"], "accuracy_pass": gate["pass"], "accuracy_gate": gate,

@@ -22,6 +22,7 @@ class Backend:
     precision: str = "fp32"    # fp32 | bf16 | fp16 | int8: the peak probe and the ONNX file it reads
     family: str = "?"          # "torch" (runs RUN/model.safetensors) or "ort" (runs RUN/onnx/<precision>)
     gpu: bool = False          # computes on a GPU only (its figures are never compared with a CPU peak)
+    runs_onnx: bool = False    # runs RUN/onnx/<precision> (ORT's and OpenVINO's backends): the bench checks them
 
     @classmethod
     def available(cls, device) -> tuple[bool, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.bench.backend_base import INPUT_NAMES, Backend
+from harness.bench.backends_openvino import OpenVinoFP32, OpenVinoInt8
 from harness.bench.backends_ort import OrtCuda, OrtCudaFP16, OrtFP32, OrtInt8, OrtTensorRT
 from harness.run_folder import WEIGHTS_FILE, load_run
 
@@ -213,7 +214,7 @@ class TorchCompile(TorchEager):
 
 REGISTRY: dict[str, type[Backend]] = {c.name: c for c in (
     TorchEager, TorchChannelsLast, TorchBF16, TorchFP16, TorchCompile,
-    OrtFP32, OrtInt8, OrtCuda, OrtCudaFP16, OrtTensorRT)}
+    OrtFP32, OrtInt8, OrtCuda, OrtCudaFP16, OrtTensorRT, OpenVinoFP32, OpenVinoInt8)}
 
 
 def example_inputs(cfg, batch_size: int) -> dict[str, np.ndarray]:

@@ -28,6 +28,7 @@ def files_size(path) -> int | None:
 
 class OrtBackend(Backend):
     family = "ort"
+    runs_onnx = True   # runs RUN/onnx/ graphs (the bench checks them, never exports); OpenVINO's backends too
     name, precision = "ort-?", "fp32"
     provider = "CPUExecutionProvider"
     gpu = False

@@ -159,7 +159,7 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
 
     exp_cfg, model = load_run(run_dir)
     data_root = data_root_for(run_dir, ctx.data_root, "segvae bench")  # the run's own data unless told otherwise
-    ort_precisions = {REGISTRY[n].precision for n in ctx.names if REGISTRY[n].family == "ort"}
+    ort_precisions = {REGISTRY[n].precision for n in ctx.names if getattr(REGISTRY[n], "runs_onnx", False)}
     prov = trackers.onnx_provenance(run_dir, exp_cfg.hash(), need=bool(ort_precisions))
     folder = ctx.workdir / f"run{index}"
     inputs = accuracy.prepare_inputs(exp_cfg, data_root, ctx.cfg.accuracy_samples, ctx.cfg.seed, folder)
@@ -264,7 +264,7 @@ def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
     backends = {n: BackendRun(n, w, timed=n in ctx.names) for n, w in workers.items()}
     for n, b in backends.items():
         cls = REGISTRY[n]
-        if cls.family == "ort" and not job["onnx"].get(cls.precision):
+        if getattr(cls, "runs_onnx", False) and not job["onnx"].get(cls.precision):
             b.error = (f"{onnx_path(job['run_dir'], job['task'], cls.precision)} not found (run `segvae export "
                        f"{job['run_dir']}{' --quantize int8' if cls.precision == 'int8' else ''}`)")
             continue

@@ -37,7 +37,7 @@ def collect(runs_dir: str | os.PathLike) -> Results:
             except UserError as e:
                 res.warnings.append(str(e))
         res.runs.append({"dir": d, "name": str(cfg.get("name") or d.name), "config": cfg, "metrics": metrics,
-                         "export": export if isinstance(export, dict) else None})
+                         "export": export if isinstance(export, dict) else None, "profile": _profile(d, res.warnings)})
     jroot = runs_dir / JUDGES_DIR
     if jroot.is_dir():
         for d in sorted(p for p in jroot.iterdir() if p.is_dir() and (p / JUDGE_FILE).is_file()):
@@ -61,6 +61,23 @@ def collect(runs_dir: str | os.PathLike) -> Results:
         raise UserError(f"no results in {runs_dir}: expected run folders (each with config.json + metrics.json, "
                         f"written by `segvae train`), judges/ or bench.json{hint}")
     return res
+
+
+def _profile(run: Path, warnings: list[str]) -> dict | None:
+    """RUN/profile.json written by `segvae profile`, when there is one."""
+    from harness.profile import PROFILE_JSON
+
+    if not (run / PROFILE_JSON).is_file():
+        return None
+    try:
+        doc = read_json(run / PROFILE_JSON, "per-layer profile")
+    except UserError as e:
+        warnings.append(str(e))
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list) or not isinstance(doc.get("backends"), dict):
+        warnings.append(f"{run.name}/{PROFILE_JSON}: not a profile written by `segvae profile`; skipped")
+        return None
+    return doc
 
 
 def _merge_labelswap(run: Path, metrics: dict, warnings: list[str]) -> None:

@@ -19,6 +19,7 @@ def build_blocks(res: Results, figures: list[Figure]) -> list[Block]:
     blocks += _cvae_section(res, cvaes, figures)
     blocks += _judge_section(res, cvaes)
     blocks += _bench_section(res, figures)
+    blocks += _profile_section(res)
     blocks += _reproduce_section(res)
     if res.warnings:
         blocks += [Block("h2", "Warnings"), Block("code", "\n".join(res.warnings))]
@@ -153,6 +154,29 @@ def _machines_note(res: Results) -> list[Block]:
                      f"{'on' if isa.get('reduce_range') else 'off'} ({isa.get('why')})"
                      + ("." if same else "; NOT the bench's CPU: the bench's own gate is the one that holds here."))
     return [Block("p", " ".join(lines))]
+
+
+def _profile_section(res: Results) -> list[Block]:
+    """Per-layer tables of every run that `segvae profile` was run on (RUN/profile.json)."""
+    from harness.profile import profile_intro, profile_tables
+
+    profiled = [r for r in res.runs if r.get("profile")]
+    if not profiled:
+        return []
+    blocks = [Block("h2", "Per layer: where the time goes")]
+    for r in profiled:
+        doc = r["profile"]
+        try:
+            tables = profile_tables(doc)
+            intro = profile_intro(doc)
+        except (KeyError, TypeError, ValueError) as e:
+            res.warnings.append(f"{r['dir'].name}/profile.json: unreadable ({type(e).__name__}: {e}); skipped")
+            continue
+        blocks += [Block("h3", f"{r['name']} ({r['dir'].name})"), Block("p", intro)]
+        for title, columns, rows in tables:
+            if rows:
+                blocks.append(Block("table", Table(columns, rows, title)))
+    return blocks
 
 
 def _reproduce_section(res: Results) -> list[Block]:

@@ -1,0 +1,173 @@
+"""`segvae profile` (per-layer time, PyTorch vs ORT), per-layer int8 error and the accuracy-aware int8
+export, on tiny seeded fixture runs (tests/test_export.make_run) exported on the synthetic data tree.
+
+No timing is asserted: the tables' structure, the join of every ORT node to a module, FLOPs that add
+up, the int8 error ranking on a graph built to fail, and the fallback's verdicts are."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from exports.layer_error import layer_errors, quantized_nodes
+from harness.errors import UserError
+from harness.export_stage import export_run
+from harness.profile import (PROFILE_JSON, PROFILE_MD, TOP_LEVEL, UNATTRIBUTED, load_peak, module_flops,
+                             profile_run)
+from tests.test_export import make_run
+
+PEAK = {"fp32": {"gflops_per_s": 100.0, "note": None},
+        "bf16": {"gflops_per_s": 0.3, "note": "emulated: no native bf16"},
+        "int8": {"gflops_per_s": None, "note": "torch._int_mm does not run"}}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_root):
+    root = tmp_path_factory.mktemp("profile-runs")
+    out = {}
+    for name in ("unet-mp-tr-bce", "cvae-mnist"):
+        out[name] = make_run(root, name)
+        export_run(out[name], quantize="int8", data_root=data_root, calib_count=16, threads=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def profiles(runs):
+    return {name: profile_run(run, batch_size=4, threads=1, reps=6, peak=PEAK) for name, run in runs.items()}
+
+
+@pytest.mark.parametrize("name", ["unet-mp-tr-bce", "cvae-mnist"])
+def test_profile_joins_every_node_to_a_module(runs, profiles, name):
+    from exports.onnx_export import graph_specs
+    from harness.run_folder import load_run
+
+    doc = profiles[name]
+    cfg, model = load_run(runs[name])
+    modules = {n or TOP_LEVEL for n, _ in graph_specs(cfg, model)[0].module.named_modules()}
+    for backend in ("ort-fp32", "ort-int8"):
+        nodes = doc["backends"][backend]["nodes"]
+        assert nodes and not [n["node"] for n in nodes if n["module"] == UNATTRIBUTED]
+        if backend == "ort-fp32":  # the fp32 graph is the torch module's own graph: same module names
+            assert {n["module"] for n in nodes} <= modules
+    for backend, b in doc["backends"].items():  # each backend's layer times are its table's sum, shares add to 1
+        layer_ms = [r["backends"][backend]["ms"] for r in doc["layers"] if backend in r["backends"]]
+        assert math.isclose(sum(layer_ms), b["sum_ms"], rel_tol=1e-9)
+        assert math.isclose(sum(r["backends"][backend]["share"] for r in doc["layers"] if backend in r["backends"]),
+                            1.0, rel_tol=1e-9)
+        assert b["bench_latency_ms"] > 0 and b["sum_vs_latency"] == pytest.approx(b["sum_ms"] / b["bench_latency_ms"])
+    conv = next(r for r in doc["layers"] if r["gflop"] > 0 and "ort-int8" in r["backends"]
+                and r["backends"]["ort-int8"]["precision"] == "int8")
+    assert conv["backends"]["torch-eager"]["of_peak"] == pytest.approx(conv["backends"]["torch-eager"]["gops"] / 100.0)
+    assert conv["backends"]["ort-int8"]["of_peak"] is None  # the int8 peak was not measured: no share claimed
+    files = {p.name for p in runs[name].iterdir()}
+    assert {PROFILE_JSON, PROFILE_MD} <= files
+    assert json.loads((runs[name] / PROFILE_JSON).read_text())["layers"] == doc["layers"]
+
+
+def test_cvae_int8_graph_keeps_convtranspose_in_fp32_and_ranks_errors(profiles):
+    doc = profiles["cvae-mnist"]
+    left = {(r["module"], r["op"]) for r in doc["fp32_in_int8"]}
+    assert ("cvae.dec_blocks.1.conv", "ConvTranspose") in left and ("cvae.dec_blocks.2.conv", "ConvTranspose") in left
+    errs = [r["int8_error"] for r in doc["layers"] if r.get("int8_error")]
+    assert errs and all(math.isfinite(e["added"]) and e["err_out"] >= 0 for e in errs)
+
+
+def test_module_flops_add_up_to_the_total(runs):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from exports.onnx_export import graph_specs
+    from harness.run_folder import load_run
+
+    cfg, model = load_run(runs["unet-mp-tr-bce"])
+    net = graph_specs(cfg, model)[0].module.eval()
+    x = [torch.randn(2, 3, 32, 32)]
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        net(*x)
+    own = module_flops(net, x)
+    assert sum(own.values()) == fc.get_total_flops()
+    first = net.stem[0][0]  # a 3 -> 4 channel 3x3 conv at 32 x 32, batch 2: 2 x MACs by hand
+    assert own["stem.0.0"] == 2 * 2 * 32 * 32 * first.out_channels * first.in_channels * 9
+
+
+def test_report_shows_the_profile(runs, profiles, tmp_path):
+    from harness.report import build_report
+
+    for run in runs.values():  # what `segvae train` writes beside config.json; the report lists trained runs
+        (run / "metrics.json").write_text(json.dumps({"task": "segmentation" if "unet" in run.name else "cvae"}))
+    paths = build_report(runs["cvae-mnist"].parent, out_dir=tmp_path)
+    md = paths["md"].read_text()
+    assert "Per layer: where the time goes" in md and "fp32 compute left in the int8 graph" in md
+    assert "cvae.dec_blocks.1.conv" in md
+
+
+def test_load_peak_reads_the_probe_and_refuses_emulated_figures(tmp_path):
+    got = load_peak(PEAK)
+    assert got["fp32"] == 100.0 and got["bf16"] is None and got["int8"] is None
+    (tmp_path / "bench.json").write_text(json.dumps({"peak": {"fp32": {"gflops_per_s": 179.0}}}))
+    assert load_peak(tmp_path / "bench.json")["fp32"] == 179.0
+    assert load_peak(None) is None
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="--peak"):
+        load_peak(tmp_path / "bad.json")
+
+
+def test_layer_errors_rank_a_corrupted_layer_first(runs, tmp_path):
+    """A quantized conv whose weight scale is tripled (a broken layer, everything else intact) adds
+    the most error."""
+    onnx_dir = runs["cvae-mnist"] / "onnx"
+    model = onnx.load(str(onnx_dir / "swap.int8.onnx"))
+    target = next(n for n in quantized_nodes(model) if n.name == "node_conv2d_1")
+    dq = {o: n for n in model.graph.node for o in n.output}[target.input[1]]
+    inits = {i.name: i for i in model.graph.initializer}
+    scale = inits[dq.input[1]]
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 3, scale.name))
+    broken = tmp_path / "broken.int8.onnx"
+    onnx.save(model, str(broken))
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.random((4, 1, 28, 28), dtype=np.float32), "label": rng.integers(0, 10, 4),
+                "new_label": rng.integers(0, 10, 4), "eps": rng.standard_normal((4, 8), dtype=np.float32)}]
+    rows = layer_errors(onnx_dir / "swap.onnx", broken, batches)
+    assert rows[0]["node"] == "node_conv2d_1" and rows[0]["module"] == "cvae.encoder.2"
+    assert rows[0]["added"] > 0.5  # a 3x weight is ~200% off; the intact layers add a few percent
+    intact = layer_errors(onnx_dir / "swap.onnx", onnx_dir / "swap.int8.onnx", batches)
+    assert {r["node"] for r in intact} == {r["node"] for r in rows}
+    assert max(r["added"] for r in intact) < 0.2
+
+
+def test_accuracy_aware_int8_falls_back_until_the_gate_passes(tmp_path, data_root):
+    """A CVAE bound no all-int8 graph meets: the most harmful nodes go back to fp32, in ranking order,
+    until the gate passes; export.json records the nodes, the metric at each step and the speed."""
+    run = make_run(tmp_path, "cvae-mnist")
+    probe = export_run(run, quantize="int8", data_root=data_root, calib_count=16, threads=1,
+                       int8_fallback=True, max_mae=1e-9, max_fallback=3)  # unreachable: 3 steps, then FAIL
+    fb = probe["int8"]["fallback"]
+    ranking = [r["node"] for r in probe["int8"]["layer_errors"]]
+    assert [s["fp32_nodes"] for s in fb["steps"]] == [[], ranking[:1], ranking[:2], ranking[:3]]
+    assert probe["accuracy_gate"]["pass"] is False and "still failing" in fb["result"]
+    assert probe["int8"]["settings"]["nodes_to_exclude"] == ranking[:3]
+    assert set(fb["speed"]["ms"]) == {"fp32", "int8_all", "int8_chosen"}
+    maes = [s["gate"]["mae"] for s in fb["steps"]]
+    better = [i for i in range(1, len(maes)) if maes[i] < maes[0]]
+    assert better, f"no fallback step lowered the error: {maes}"
+    k = better[0]
+    bound = (maes[k] + min(maes[:k])) / 2   # met at step k, missed by every step before it
+    got = export_run(run, quantize="int8", data_root=data_root, calib_count=16, threads=1,
+                     int8_fallback=True, max_mae=bound, max_fallback=3)
+    fb = got["int8"]["fallback"]
+    assert got["accuracy_gate"]["pass"] is True and len(fb["kept_fp32"]) == k >= 1
+    assert [n["node"] for n in fb["kept_fp32"]] == ranking[:k]
+    saved = json.loads((run / "onnx" / "export.json").read_text())
+    assert saved["int8"]["fallback"]["kept_fp32"] == fb["kept_fp32"]
+    from exports.quantize import node_precisions, optimized_graph
+    kinds = node_precisions(optimized_graph(run / "onnx" / "swap.int8.onnx"))
+    assert not [n["node"] for n in fb["kept_fp32"] if kinds.get(n["node"]) == "int8"]
+
+
+def test_profile_rejects_unknown_backends(runs):
+    with pytest.raises(UserError, match="cannot profile"):
+        profile_run(runs["cvae-mnist"], backends=["ort-cuda"])
