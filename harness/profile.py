@@ -63,7 +63,7 @@ def load_peak(peak) -> dict | None:
     for prec in ("fp32", "bf16", "int8", "fp16"):
         v = peak.get(prec)
         g = v.get("gflops_per_s") if isinstance(v, dict) else v
-        emulated = isinstance(v, dict) and (v.get("emulated") or "emulat" in str(v.get("note") or "").lower())
+        emulated = isinstance(v, dict) and (v.get("status") == "emulated" or "emulat" in str(v.get("note") or "").lower())
         out[prec] = float(g) if isinstance(g, (int, float)) and g > 0 and not emulated else None
     return out
 
@@ -375,10 +375,10 @@ def _export_json(run_dir: Path) -> dict:
 
 
 def _cpu() -> dict:
-    from harness.bench.trackers import cpu_info
+    from harness.hardware import machine
 
-    model, flags = cpu_info()
-    return {"model": model, "flags": flags}
+    m = machine(with_gpu=False)
+    return {"model": m.cpu_model, "flags": m.cpu_flags}
 
 
 def _rows(per_backend: dict, flops: dict, peaks: dict | None, int8: dict) -> list[dict]:

@@ -140,8 +140,9 @@ def main():
         med = statistics.median(ms)
         rows.append({"variant": n, "median_ms": med, "min_ms": min(ms), "max_ms": max(ms), "rounds": ms,
                      "vs_int8_recipe": base / med, "mean_abs_err_vs_fp32": errors[n], **notes.get(n, {})})
-    from harness.bench.trackers import cpu_info
-    model_name, flags = cpu_info()
+    from harness.hardware import machine
+    host = machine(with_gpu=False)
+    model_name, flags = host.cpu_model, host.cpu_flags
     doc = {"run": run.name, "experiment": cfg.name, "batch_size": a.batch_size, "threads": a.threads,
            "rounds": a.rounds, "cpu": {"model": model_name, "flags": flags}, "calibration": f"{a.calib_count} {src}",
            "variants": rows, "method": "median of per-round medians; [min-max] of the round medians; interleaved"}

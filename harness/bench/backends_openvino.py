@@ -21,6 +21,7 @@ from harness.bench.backend_base import INPUT_NAMES, Backend
 
 class OpenVinoBackend(Backend):
     family = "openvino"
+    library = "ort"    # harness.hardware's precision table: int8 native on any AVX2 CPU (u8s8 kernels, as ORT's)
     runs_onnx = True
     gpu = False
     name, precision = "openvino-?", "fp32"
