@@ -1,9 +1,10 @@
 """Accuracy-aware int8: the fastest QDQ graph that passes the task's accuracy gate.
 
 Quantize everything; if the gate fails, rank the quantized nodes by the error each adds
-(exports.layer_error, on calibration inputs) and return them to fp32 one at a time, most harmful
-first (ORT's nodes_to_exclude), re-quantizing and re-gating after each, until the gate passes or
-`max_fallback` nodes are fp32. Every step is recorded (nodes, gate value, pass) together with the
+(exports.layer_error, on calibration inputs) and try them in fp32 one at a time, most harmful first
+(ORT's nodes_to_exclude), re-quantizing and re-gating after each: a node stays in fp32 only if it
+improved the gated metric (excluding a node can also make it worse: its neighbours' Q/DQ placement
+changes), until the gate passes or `max_fallback` nodes were tried. Every step is recorded (nodes, gate value, pass) together with the
 speed of the fp32 graph, the all-int8 graph and the chosen one, so the accuracy bought is priced.
 
 Intel's Neural Compressor falls back layer by layer the same way but judges speed by nothing; here
@@ -68,28 +69,43 @@ def accuracy_aware_int8(fp32_path, out_path, calib_batches: Sequence[Mapping[str
         return q, verdict, record
     feed = dict(calib_batches[0])
     all_int8_ms = median_ms(out_path, feed, threads)
-    excluded: list[str] = list(options.nodes_to_exclude)
+    kept: list[str] = list(options.nodes_to_exclude)
+    best, best_q, best_verdict = _score(verdict), q, verdict
     for row in ranking[:max_fallback]:
-        excluded.append(row["node"])
+        trial = [*kept, row["node"]]
         q = quantize.quantize_int8(fp32_path, out_path, calib_batches, metadata=metadata,
-                          options=replace(options, nodes_to_exclude=tuple(excluded)))
+                                   options=replace(options, nodes_to_exclude=tuple(trial)))
         verdict = gate(out_path)
-        steps.append({"fp32_nodes": list(excluded), "added": row["node"], "module": row["module"], "op": row["op"],
-                      "pass": verdict["pass"], "gate": _brief(verdict)})
-        print(f"  int8 fallback: {row['node']} ({row['op']}, {row['module'] or 'top level'}) back to fp32 -> "
-              f"{'PASS' if verdict['pass'] else 'still FAIL'}")
+        helped = verdict["pass"] or _score(verdict) > best
+        steps.append({"fp32_nodes": trial, "tried": row["node"], "module": row["module"], "op": row["op"],
+                      "pass": verdict["pass"], "kept_in_fp32": helped, "gate": _brief(verdict)})
+        print(f"  int8 fallback: {row['node']} ({row['op']}, {row['module'] or 'top level'}) in fp32 -> "
+              f"{'PASS' if verdict['pass'] else 'better, kept' if helped else 'no better, back to int8'}")
+        if helped:
+            kept, best, best_q, best_verdict = trial, _score(verdict), q, verdict
         if verdict["pass"]:
             break
+    if steps[-1]["fp32_nodes"] != kept:  # the last trial did not help: the file must hold the kept set
+        best_q = quantize.quantize_int8(fp32_path, out_path, calib_batches, metadata=metadata,
+                                        options=replace(options, nodes_to_exclude=tuple(kept)))
+    q, verdict = best_q, best_verdict
     fb = record["fallback"]
-    fb["kept_fp32"] = [{"node": s["added"], "module": s["module"], "op": s["op"]} for s in steps[1:]]
-    fb["result"] = (f"passed with {len(excluded)} node(s) in fp32" if verdict["pass"] else
-                    f"still failing after {len(excluded)} node(s) returned to fp32 (max_fallback={max_fallback})")
+    fb["kept_fp32"] = [{"node": s["tried"], "module": s["module"], "op": s["op"]} for s in steps[1:] if s["kept_in_fp32"]]
+    fb["result"] = (f"passed with {len(kept)} node(s) in fp32" if verdict["pass"] else
+                    f"still failing: {len(steps) - 1} node(s) tried, {len(kept)} kept in fp32 (max_fallback={max_fallback})")
     fb["speed"] = {"batch": int(next(iter(feed.values())).shape[0]), "threads": threads,
                    "ms": {"fp32": median_ms(fp32_path, feed, threads), "int8_all": all_int8_ms,
                           "int8_chosen": median_ms(out_path, feed, threads)},
                    "method": "median of 15 ORT CPU runs on one calibration batch at export time (a price tag, "
                              "not a benchmark: `segvae bench` measures with intervals)"}
     return q, verdict, record
+
+
+def _score(gate: dict) -> float:
+    """Higher is better: the gated metric (Dice), else minus the output error (CVAEs)."""
+    if gate.get("value") is not None:
+        return float(gate["value"])
+    return -float(gate["mae"]) if gate.get("mae") is not None else float("-inf")
 
 
 def _rebatch(batches: Sequence[Mapping[str, np.ndarray]], n: int, size: int) -> list[dict]:
