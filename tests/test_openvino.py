@@ -13,7 +13,13 @@ from harness.bench.backends import REGISTRY, example_inputs
 from harness.bench.device import Device
 from harness.export_stage import export_run
 from harness.run_folder import load_run
-from tests.test_export import make_run
+from tests import helpers
+from tests.helpers import tiny_config
+
+
+def make_run(root, name: str):
+    """A tiny random-init run of `name` under root (non-trivial BatchNorm statistics)."""
+    return helpers.make_run(root / name, tiny_config(name), random_batchnorm=True)
 
 CPU = Device("cpu", None)
 

@@ -1,5 +1,5 @@
 """`segvae profile` (per-layer time, PyTorch vs ORT), per-layer int8 error and the accuracy-aware int8
-export, on tiny seeded fixture runs (tests/test_export.make_run) exported on the synthetic data tree.
+export, on tiny seeded fixture runs (tests/helpers.make_run) exported on the synthetic data tree.
 
 No timing is asserted: the tables' structure, the join of every ORT node to a module, FLOPs that add
 up, the int8 error ranking on a graph built to fail, and the fallback's verdicts are."""
@@ -19,7 +19,13 @@ from harness.errors import UserError
 from harness.export_stage import export_run
 from harness.profile import (PROFILE_JSON, PROFILE_MD, TOP_LEVEL, UNATTRIBUTED, load_peak, module_flops,
                              profile_run)
-from tests.test_export import make_run
+from tests import helpers
+from tests.helpers import tiny_config
+
+
+def make_run(root, name: str):
+    """A tiny random-init run of `name` under root (non-trivial BatchNorm statistics)."""
+    return helpers.make_run(root / name, tiny_config(name), random_batchnorm=True)
 
 PEAK = {"fp32": {"gflops_per_s": 100.0, "note": None},
         "bf16": {"gflops_per_s": 0.3, "note": "emulated: no native bf16"},
