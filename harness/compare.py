@@ -39,9 +39,9 @@ DEFAULT_MAX_ACCURACY_DROP = 0.005
 SLOWER, FASTER, SAME = "slower", "faster", "no significant change"
 CANNOT = "cannot verify"
 METRIC_NAMES = {"samples_per_s": "samples/s", "p50": "p50 ms", "p90": "p90 ms", "p99": "p99 ms"}
-DRIFT = ("speed verdicts across two sessions: the host's drift between them is not controlled (one commit benched "
-         "15 minutes apart read 12-20% slower on the dev VM); `segvae ab OLD_RUN NEW_RUN` measures both versions "
-         "in the same rounds and is the gate to trust")
+DRIFT = ("these are two sessions, and whatever the host did between them lands in every speed verdict (one commit "
+         "benched 15 minutes apart read 12-20% slower on the dev VM); `segvae ab OLD_RUN NEW_RUN` measures both "
+         "versions in the same rounds and is the gate to trust")
 # what must match for two sessions' figures to be comparable at all: (section, field)
 MACHINE_FIELDS = (("env", "cpu_model"), ("env", "cpu_flags"), ("env", "cores_logical"), ("env", "python"),
                   ("env", "torch"), ("env", "onnxruntime"), ("env", "numpy"))
