@@ -1,8 +1,10 @@
 """The one reader of bench.json's record fields: `segvae compare`, the W&B bench log, the report's
-bench tables and the bench's own printed table read records through it. Reads schema v1 (point figures) and v2 (medians with 95%
-intervals: `samples_per_s_ci: [lo, hi]`, `latency_ms_ci: {p50: [lo, hi], ...}`; `accuracy_count`,
-`accuracy_pass` / `accuracy_gate`, `valid`, `invalid_reasons`), so a field renamed in the schema is
-changed here only. A few other spellings of the intervals are accepted too.
+bench tables and the bench's own printed table read records through it. Reads schema v1 (point
+figures) and v2 (medians with intervals: `samples_per_s_ci: [lo, hi]`, `latency_ms_ci: {p50: [lo,
+hi], ...}`, their true coverage `ci_coverage`; `accuracy_count`, `accuracy_pass` / `accuracy_gate`,
+`stable` / `unstable_reasons` (written as `valid` / `invalid_reasons` before the LoadGen verdict was
+split off), `loadgen_valid`), so a field renamed in the schema is changed here only. A few other
+spellings of the intervals are accepted too.
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def value(rec: dict, metric: str) -> float | None:
 
 
 def interval(rec: dict, metric: str) -> tuple[float, float] | None:
-    """The 95% interval of value(rec, metric), or None (schema v1, or not measured)."""
+    """The interval of value(rec, metric) (its coverage: `coverage(rec)`), or None (schema v1, or not measured)."""
     if metric == "samples_per_s":
         return _pair(rec.get("samples_per_s_ci"))
     lat, lat_ci = rec.get("latency_ms"), rec.get("latency_ms_ci")
@@ -100,12 +102,25 @@ def accuracy(rec: dict, doc: dict | None = None) -> dict:
             "pass": passed if isinstance(passed, bool) else None}
 
 
-def validity(rec: dict) -> tuple[bool | None, list[str]]:
-    """(valid, reasons): v2's verdict on the measurement itself; (None, []) in v1."""
-    ok = rec.get("valid")
-    reasons = rec.get("invalid_reasons")
+def stability(rec: dict) -> tuple[bool | None, list[str]]:
+    """(stable, reasons): v2's verdict on the measurement itself (our minimum counts met); older v2
+    files call it `valid` / `invalid_reasons`; (None, []) in v1."""
+    ok = rec.get("stable", rec.get("valid"))
+    reasons = rec.get("unstable_reasons", rec.get("invalid_reasons"))
     reasons = [str(x) for x in reasons] if isinstance(reasons, list) else ([str(reasons)] if reasons else [])
     return (ok if isinstance(ok, bool) else None), reasons
+
+
+def loadgen_valid(rec: dict) -> bool | None:
+    """Whether MLPerf LoadGen would accept the record (None: not recorded, files before the split)."""
+    ok = rec.get("loadgen_valid")
+    return ok if isinstance(ok, bool) else None
+
+
+def coverage(rec: dict) -> float | None:
+    """The true coverage of the record's intervals (`ci_coverage`), or None when not recorded."""
+    c = num(rec.get("ci_coverage"))
+    return c if c is not None and 0 < c <= 1 else None
 
 
 def experiment(rec: dict) -> str:

@@ -1,4 +1,4 @@
-"""`segvae` command line: download, train, judge, export, predict, bench, profile, compare, report, run.
+"""`segvae` command line: download, train, judge, export, predict, bench, ab, profile, compare, report, run.
 
 Every subcommand is a thin parser over one function in its own module. A UserError prints
 one clear line and exits 2; `--debug` shows the traceback instead.
@@ -95,16 +95,23 @@ def _predict(a) -> int:
     return 0
 
 
-def _bench(a) -> int:
-    from harness.bench import BenchConfig, run_bench
+def _bench_config(a):
+    """BenchConfig and judges from the options `segvae bench` and `segvae ab` share."""
+    from harness.bench import BenchConfig
     from harness.judge import load_judges
 
-    fields = {k: getattr(a, k) for k in ("backends", "scenarios", "batch_sizes", "device", "threads", "rounds",
-                                         "min_queries", "min_duration", "mlperf", "server_qps", "latency_bound_ms",
-                                         "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level", "warmup", "wait", "processes", "peak_budget_s",
-                                         "peak_file")}
+    fields = {k: getattr(a, k, None) for k in (  # the peak probe's options are the bench's alone
+        "backends", "scenarios", "batch_sizes", "device", "threads", "rounds", "min_queries", "min_duration", "mlperf",
+        "server_qps", "latency_bound_ms", "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level",
+        "warmup", "wait", "processes", "peak_budget_s", "peak_file")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
-    judge_fn = load_judges(a.judges) if a.judges else None
+    return cfg, (load_judges(a.judges) if a.judges else None)
+
+
+def _bench(a) -> int:
+    from harness.bench import run_bench
+
+    cfg, judge_fn = _bench_config(a)
     run_bench(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv, judge_fn=judge_fn)
     _log_results(a)
     return 0
@@ -118,6 +125,14 @@ def _profile(a) -> int:
     return 0
 
 
+def _ab(a) -> int:
+    from harness.bench.ab import run_ab
+
+    cfg, judge_fn = _bench_config(a)
+    return run_ab(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv, judge_fn=judge_fn,
+                  max_slowdown=a.max_slowdown, max_accuracy_drop=a.max_accuracy_drop, md_out=a.md)[1]
+
+
 def _report(a) -> int:
     from harness.report import build_report
 
@@ -126,9 +141,12 @@ def _report(a) -> int:
 
 
 def _compare(a) -> int:
-    from harness.compare import run_compare
+    from harness.compare import Allow, run_compare
 
-    return run_compare(a.old, a.new, max_slowdown=a.max_slowdown, max_accuracy_drop=a.max_accuracy_drop, out=a.out)
+    allow = Allow(missing=a.allow_missing, unstable=a.allow_unstable, gate_fail=a.allow_gate_fail,
+                  no_judge=a.allow_no_judge, different_machine=a.allow_different_machine)
+    return run_compare(a.old, a.new, max_slowdown=a.max_slowdown, max_accuracy_drop=a.max_accuracy_drop, out=a.out,
+                       allow=allow)
 
 
 def _run(a) -> int:
@@ -141,7 +159,7 @@ def _run(a) -> int:
 
 
 COMMANDS = {"download": _download, "train": _train, "judge": _judge, "export": _export, "predict": _predict,
-            "bench": _bench, "report": _report, "run": _run, "compare": _compare,
+            "bench": _bench, "ab": _ab, "report": _report, "run": _run, "compare": _compare,
             "profile": _profile}
 
 

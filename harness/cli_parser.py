@@ -205,11 +205,28 @@ def _predict(sub) -> None:
 
 
 def _bench(sub) -> None:
-    b = _command(sub, "bench", "PyTorch vs ONNX Runtime: speed with 95% intervals, LoadGen validity, accuracy gate",
+    b = _command(sub, "bench", "PyTorch vs ONNX Runtime: speed with intervals, stability, accuracy gate",
                  "segvae bench runs/unet-mp-tr-bce --backends torch-eager,ort-fp32,ort-int8 --out bench.json",
-                 "Time every backend in interleaved rounds (medians with intervals), judge validity as MLPerf "
-                 "LoadGen does, and gate each backend's accuracy against torch fp32. Needs `segvae export` first.")
+                 "Time every backend in interleaved rounds (medians with intervals labelled by their true coverage, "
+                 "backends in a shuffled order each round), say whether each figure is stable and whether MLPerf "
+                 "LoadGen would accept it, and gate each backend's accuracy against torch fp32. Needs `segvae "
+                 "export` first.")
     b.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="exported run folders (RUN_DIR/onnx must be current)")
+    _bench_options(b)
+    b.add_argument("--peak-budget-s", type=positive_float,
+                   help="seconds the matmul peak probe may take; it sizes itself and skips precisions this "
+                        "machine only emulates (default: 15)")
+    b.add_argument("--peak-file", help="reuse the probe stored here when it was measured on this machine at the "
+                                       "same threads, else probe and store it (default: none: probe every time; "
+                                       "segvae run passes OUT/peak.json, so it probes once)")
+    b.add_argument("--out", default=BENCH_FILE, help=f"results file (default: {BENCH_FILE})")
+    b.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
+                   help="wandb: log the results table, throughput/latency charts and env, linked to the export "
+                        "artifacts (offline unless you ran `wandb login`; default: none)")
+
+
+def _bench_options(b) -> None:
+    """The measuring options `segvae bench` and `segvae ab` share."""
     b.add_argument("--data-root", help="data for the accuracy pass (default: the data each run recorded)")
     b.add_argument("--backends", type=csv, help="comma list, e.g. torch-eager,ort-int8 (default: all available "
                                                 "on the device, less those whose precision it only emulates, "
@@ -249,16 +266,29 @@ def _bench(sub) -> None:
     b.add_argument("--wait", choices=["spin", "passive"],
                    help="how idle threads wait: spin (libgomp's and ONNX Runtime's defaults) or passive "
                         "(OMP_WAIT_POLICY=PASSIVE, ORT spinning off: for a machine other processes share; default: spin)")
-    b.add_argument("--peak-budget-s", type=positive_float,
-                   help="seconds the matmul peak probe may take; it sizes itself and skips precisions this "
-                        "machine only emulates (default: 15)")
-    b.add_argument("--peak-file", help="reuse the probe stored here when it was measured on this machine at the "
-                                       "same threads, else probe and store it (default: none: probe every time; "
-                                       "segvae run passes OUT/peak.json, so it probes once)")
-    b.add_argument("--out", default=BENCH_FILE, help=f"results file (default: {BENCH_FILE})")
-    b.add_argument("--log-with", type=tracker, choices=["wandb", "none"], default="none",
-                   help="wandb: log the results table, throughput/latency charts and env, linked to the export "
-                        "artifacts (offline unless you ran `wandb login`; default: none)")
+
+
+def _ab(sub) -> None:
+    from harness.bench.ab import DEFAULT_MAX_ACCURACY_DROP as AB_MAX_DROP
+    from harness.bench.ab import DEFAULT_MAX_SLOWDOWN as AB_MAX_SLOWDOWN
+
+    a = _command(sub, "ab", "A/B regression gate: two exported run folders benched in the same rounds (exit 1 on a regression)",
+                 "segvae ab main-runs/unet-mp-tr-bce pr-runs/unet-mp-tr-bce --backends ort-fp32,ort-int8 --out ab.json",
+                 "Bench OLD and NEW (and more NEW) run folders in ONE session: every (side, backend) in every round, "
+                 "the order shuffled per round, a paired NEW/OLD ratio per (backend, scenario, batch size) with its "
+                 "interval, and accuracy gated in the same run. Compares the ONNX graphs and the weights; torch "
+                 "backends run the current checkout's model code. Exit 0: no regression, 1: a regression, 2: bad input.")
+    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="OLD then NEW (then more NEW) exported run folders")
+    _bench_options(a)
+    a.add_argument("--max-slowdown", type=share, default=AB_MAX_SLOWDOWN, metavar="SHARE",
+                   help=f"slower = the paired NEW/OLD interval entirely below 1 and its median more than this below "
+                        f"(default: {100 * AB_MAX_SLOWDOWN:g}%%; docs/benchmark.md says why)")
+    a.add_argument("--max-accuracy-drop", type=nonnegative_float, default=AB_MAX_DROP, metavar="DROP",
+                   help=f"accuracy fails when NEW's metric is lower than OLD's by more than this, absolute "
+                        f"(default: {AB_MAX_DROP})")
+    a.add_argument("--out", default="ab.json", help="results file: the bench records of both sides and the verdicts "
+                                                    "(default: ab.json)")
+    a.add_argument("--md", metavar="FILE.md", help="also write the Markdown verdict to this file (default: print only)")
 
 
 def _profile(sub) -> None:
@@ -282,11 +312,14 @@ def _profile(sub) -> None:
 
 
 def _compare(sub) -> None:
-    c = _command(sub, "compare", "regression gate: compare two bench.json files (exit 1 on a regression)",
+    c = _command(sub, "compare", "regression gate across two sessions: two bench.json files (exit 1 on a regression)",
                  "segvae compare main/bench.json pr/bench.json --max-slowdown 5% --out comparison.md",
                  "Faster / slower / no significant change per (experiment, backend, scenario, batch size), from "
-                 "the intervals bench.json carries, plus accuracy pass/fail; prints a Markdown table. "
-                 "Exit 0: no regression, 1: regression, 2: unreadable input.")
+                 "the intervals bench.json carries, plus accuracy pass/fail; prints a Markdown table. The host's "
+                 "drift between two sessions is not controlled: `segvae ab` measures both versions in the same "
+                 "rounds. Exit 0: no regression, 1: a regression or something that cannot be verified (a backend "
+                 "missing from NEW, an unstable row, NEW failing its accuracy gate, a CVAE without a judge), "
+                 "2: unreadable input or different machines/settings.")
     c.add_argument("old", metavar="OLD.json", help="the baseline bench.json (e.g. from the main branch)")
     c.add_argument("new", metavar="NEW.json", help="the bench.json to judge (e.g. from the pull request)")
     c.add_argument("--max-slowdown", type=share, default=DEFAULT_MAX_SLOWDOWN, metavar="SHARE",
@@ -294,6 +327,17 @@ def _compare(sub) -> None:
                         f"5%% or 0.05 (default: {100 * DEFAULT_MAX_SLOWDOWN:g}%%)")
     c.add_argument("--max-accuracy-drop", type=nonnegative_float, default=DEFAULT_MAX_ACCURACY_DROP, metavar="DROP",
                    help=f"accuracy fails when it drops by more than this, absolute (default: {DEFAULT_MAX_ACCURACY_DROP})")
+    c.add_argument("--allow-missing", action="store_true",
+                   help="accept a backend or configuration in OLD that NEW lacks (default: exit 1)")
+    c.add_argument("--allow-unstable", action="store_true",
+                   help="accept rows whose measurement is not stable on a side (default: exit 1, cannot verify)")
+    c.add_argument("--allow-gate-fail", action="store_true",
+                   help="accept NEW failing its own accuracy gate against fp32 (default: exit 1)")
+    c.add_argument("--allow-no-judge", action="store_true",
+                   help="accept a CVAE benched without --judges, gated on output error only (default: exit 1)")
+    c.add_argument("--allow-different-machine", action="store_true",
+                   help="compare files from different CPUs, core counts, package versions or bench settings "
+                        "(default: exit 2 naming the fields)")
     c.add_argument("--out", metavar="FILE.md", help="also write the Markdown to this file (default: print only)")
 
 
@@ -335,6 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="example:\n  segvae run            # the quick preset on the embedded sample")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors (default: one line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_download, _train, _judge, _export, _predict, _bench, _profile, _compare, _report, _run):
+    for add in (_download, _train, _judge, _export, _predict, _bench, _ab, _profile, _compare, _report, _run):
         add(sub)
     return p

@@ -199,7 +199,8 @@ def artifact_of(run_dir: str | os.PathLike) -> dict | None:
 # ----------------------------------------------------------------------------- bench
 COLUMNS = ["experiment", "run", "backend", "precision", "scenario", "batch_size", "samples_per_s",
            "samples_per_s_lo", "samples_per_s_hi"] + [f"{p}_ms{s}" for p in bf.LATENCY for s in ("", "_lo", "_hi")] \
-          + ["accuracy_metric", "accuracy", "accuracy_count", "accuracy_pass", "valid", "invalid_reasons", "bound_met"]
+          + ["accuracy_metric", "accuracy", "accuracy_count", "accuracy_pass", "stable", "unstable_reasons", "loadgen_valid",
+             "ci_coverage", "bound_met"]
 
 
 def table_rows(doc: dict) -> list[list]:
@@ -211,10 +212,11 @@ def table_rows(doc: dict) -> list[list]:
             ci = bf.interval(r, m) or (None, None)
             speed += [bf.value(r, m), *ci]
         acc = bf.accuracy(r, doc)
-        valid, reasons = bf.validity(r)
+        stable, reasons = bf.stability(r)
         rows.append([bf.experiment(r), str(r.get("run") or ""), bf.backend(r), str(r.get("precision") or ""),
                      str(r.get("scenario") or ""), r.get("batch_size"), *speed, acc["metric"], acc["value"],
-                     acc["count"], acc["pass"], valid, "; ".join(reasons), r.get("bound_met")])
+                     acc["count"], acc["pass"], stable, "; ".join(reasons), bf.loadgen_valid(r),
+                     bf.coverage(r), r.get("bound_met")])
     return rows
 
 

@@ -222,14 +222,14 @@ def _lat(p50: float) -> dict:
 
 
 def bench_v2() -> dict:
-    """A bench.json in schema v2's shape: medians with 95% intervals, accuracy verdicts."""
+    """A bench.json in schema v2's shape: medians with intervals, accuracy verdicts, stability."""
     results = []
     for (backend, prec), (off1, off8, p50, dice) in BENCH_UNET.items():
         base = {"run": "unet-mp-tr-bce", "experiment": "unet-mp-tr-bce", "task": "segmentation", "backend": backend,
                 "precision": prec, "rank": None, "world_size": 1, "threads": 2, "rounds": 5, "ci_coverage": 0.9375,
                 "dice": dice, "iou": dice - 0.1, "dice_delta": dice - 0.8012, "accuracy_count": 238,
                 "accuracy_pass": True, "accuracy_gate": {"pass": True, "metric": "Dice", "target": 0.99, "reasons": []},
-                "valid": True, "invalid_reasons": []}
+                "stable": True, "unstable_reasons": [], "loadgen_valid": False}
         results.append({**base, "scenario": "single-stream", "batch_size": 1, "samples_per_s": 1000 / p50,
                         "samples_per_s_ci": _ci(1000 / p50), **_lat(p50)})
         for bs, thr in ((1, off1), (8, off8)):
@@ -243,9 +243,10 @@ def bench_v2() -> dict:
                         "samples_per_s": 900.0, "samples_per_s_ci": _ci(900.0), **_lat(1.1), "judge_acc": judge,
                         "max_abs_err": 1e-6, "accuracy_count": 1000, "accuracy_pass": True,
                         "accuracy_gate": {"pass": True, "metric": "judge success + MAE"},
-                        "valid": True, "invalid_reasons": []})
+                        "stable": True, "unstable_reasons": [], "loadgen_valid": False})
     results.append({**results[0], "rank": 0})  # a per-rank record: never compared
-    return {"version": 2, "env": {"cpu_model": "Test CPU", "git_commit": "abc"}, "config": {}, "skipped": {},
+    return {"version": 2, "env": {"cpu_model": "Test CPU", "cpu_flags": ["avx2"], "torch": "2.5", "git_commit": "abc"},
+            "config": {"threads": 2, "rounds": 5, "min_duration": 0.5}, "skipped": {},
             "results": results}
 
 
@@ -253,9 +254,10 @@ def bench_v1() -> dict:
     """The same figures without intervals or accuracy verdicts (schema v1)."""
     doc = bench_v2()
     for r in doc["results"]:
-        for k in ("samples_per_s_ci", "latency_ms_ci", "accuracy_count", "accuracy_pass", "accuracy_gate", "valid",
-                  "invalid_reasons", "rounds", "ci_coverage"):
+        for k in ("samples_per_s_ci", "latency_ms_ci", "accuracy_count", "accuracy_pass", "accuracy_gate", "stable",
+                  "unstable_reasons", "loadgen_valid", "rounds", "ci_coverage"):
             r.pop(k, None)
     doc["version"] = 1
     doc["config"] = {"accuracy_samples_used": {"unet-mp-tr-bce": 238, "cvae-mnist": 1000}}
+    doc["env"] = {"cpu_model": "Test CPU"}
     return doc

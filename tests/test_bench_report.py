@@ -15,7 +15,8 @@ def _rec(backend, precision, scenario, bs, sps, ci, speedup=None, speedup_p50=No
            "queries_per_round": 70, "speedup": speedup, "speedup_p50": speedup_p50,
            "dice": 0.80 if gate else 0.50, "dice_delta": 0.0 if gate else -0.30, "accuracy_count": 238,
            "accuracy_pass": gate, "accuracy_gate": {"pass": gate, "reasons": [] if gate else ["metric 0.5000 is 62.50% of the fp32 reference 0.8000 (needs >= 99.0%)"]},
-           "valid": valid, "invalid_reasons": [] if valid else ["p90 from 30 queries per round < 64 (LoadGen)"],
+           "stable": valid, "unstable_reasons": [] if valid else ["p90 from 30 queries per round < 64 (LoadGen)"],
+           "loadgen_valid": False, "loadgen_reasons": ["not run with --mlperf (LoadGen's durations and counts)"],
            "pct_of_peak": None, "peak_rss_mb": 100.0}
     rec.update(kw)
     return rec
@@ -42,9 +43,9 @@ def test_report_bench_table_shows_intervals_counts_and_verdicts():
     assert int8["speed-up best throughput"] == "3.9× [3.7-4.1]" and int8["speed-up p50"] == "3.9× [3.7-4.1]"
     assert eager["speed-up p50"] == "1×" and eager["p50 ms"] == "20.00 [19.80-20.20]"
     assert eager["p99 ms"].endswith("*") and not eager["p90 ms"].endswith("*")  # p99 below LoadGen's count
-    assert eager["accuracy n"] == "238" and eager["accuracy gate"] == "pass" and eager["verdict"] == "valid"
+    assert eager["accuracy n"] == "238" and eager["accuracy gate"] == "pass" and eager["verdict"] == "stable, not LoadGen-valid"
     assert int8["accuracy gate"].startswith("FAIL: metric 0.5000 is 62.50% of the fp32 reference")
-    assert "single-stream bs1: p90 from 30" in int8["verdict"]
+    assert int8["verdict"].startswith("unstable: single-stream bs1: p90 from 30")
     assert "93.75%" in t.caption or "93.8%" in t.caption
     s = server_table(_records())
     (row,) = s.rows
@@ -56,5 +57,16 @@ def test_cli_table_prints_the_same():
     lines = out.splitlines()
     assert "93.6 [91.2-95.0]" in lines[2] and "3.9x [3.7-4.1]" in lines[4]
     assert "n=238 FAIL" in lines[4] and "n=238 pass" in lines[1]
-    assert "INVALID: p90 from 30" in lines[3] and lines[1].endswith("valid")
-    assert "coverage 93.75%" in lines[-1]
+    assert "UNSTABLE: p90 from 30" in lines[3] and lines[1].endswith("stable")
+    assert "coverage 93.75%" in lines[-1] and "samples/s [93.8% CI]" in lines[0]
+
+
+def test_three_rounds_are_never_labelled_95_percent():
+    """3 rounds: [min, max] covers the median 75% of the time; the tables say 75%, never 95%."""
+    recs = [{**r, "rounds": 3, "ci_coverage": 0.75} for r in _records()]
+    out = format_table(recs)
+    assert "75% CI" in out.splitlines()[0] and "coverage 75.00%" in out and "95% CI" not in out
+    t = bench_table(recs)
+    assert "true coverage 75.0%" in t.caption and "95%" not in t.caption.replace("95% needs", "")
+    lg = format_table([{**r, "loadgen_valid": True} for r in recs]).splitlines()
+    assert lg[1].endswith("stable, LoadGen-valid")

@@ -1,4 +1,6 @@
-"""`segvae compare`: verdicts from intervals (v2) or the threshold alone (v1), exit codes 0 / 1 / 2."""
+"""`segvae compare`: verdicts from intervals (v2) or the threshold alone (v1), exit codes 0 / 1 / 2;
+every hole a run could slip through (a backend missing, an unstable row, a failed accuracy gate, a
+CVAE without a judge, another machine) exits non-zero; intervals named by their true coverage."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +9,7 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.compare import FASTER, SAME, SLOWER, compare, parse_fraction
+from harness.compare import CANNOT, FASTER, SAME, SLOWER, compare, parse_fraction
 from tests.fixtures import bench_v1, bench_v2
 
 def _scaled(doc: dict, backend: str, factor: float) -> dict:
@@ -151,3 +153,100 @@ def test_max_slowdown_parsing():
     with pytest.raises(SystemExit) as e:
         main(["compare", "a.json", "b.json", "--max-slowdown", "5"])
     assert e.value.code == 2
+
+
+# ---------------------------------------------------------------------------- the holes, each non-zero
+def _edited(doc: dict, edit, **match) -> dict:
+    doc = copy.deepcopy(doc)
+    for r in doc["results"]:
+        if all(r.get(k) == v for k, v in match.items()):
+            edit(r)
+    return doc
+
+
+def _exit(tmp_path, old: dict, new: dict, *flags) -> int:
+    return main(["compare", str(_write(tmp_path, "old.json", old)), str(_write(tmp_path, "new.json", new)), *flags])
+
+
+def test_backend_missing_in_new_is_a_failure(tmp_path, capsys):
+    new = bench_v2()
+    new["results"] = [r for r in new["results"] if r["backend"] != "ort-int8"]
+    assert _exit(tmp_path, bench_v2(), new) == 1
+    out = capsys.readouterr().out
+    assert "CANNOT VERIFY" in out and "ort-int8 / offline / 8: in OLD, missing from NEW" in out
+    assert _exit(tmp_path, bench_v2(), new, "--allow-missing") == 0
+
+
+@pytest.mark.parametrize("fields", [{"stable": False, "unstable_reasons": ["only 2 of 5 rounds completed"]},
+                                    {"valid": False, "invalid_reasons": ["only 2 of 5 rounds completed"]}])
+def test_unstable_row_in_new_cannot_be_verified(tmp_path, capsys, fields):
+    """A backend that died halfway: its row is not stable; the old field names (valid) read the same."""
+    def die(r):
+        r.pop("stable"), r.pop("unstable_reasons")
+        r.update(fields)
+    new = _edited(bench_v2(), die, backend="ort-fp32", scenario="offline", batch_size=8)
+    c = compare(bench_v2(), new)
+    (row,) = [r for r in c.speed if r["verdict"] == CANNOT]
+    assert row["key"] == ("unet-mp-tr-bce", "ort-fp32", "offline", 8) and "only 2 of 5 rounds" in row["note"]
+    assert c.regression and _exit(tmp_path, bench_v2(), new) == 1
+    assert "**cannot verify**" in capsys.readouterr().out
+    assert _exit(tmp_path, bench_v2(), new, "--allow-unstable") == 0
+
+
+def test_new_failing_its_own_accuracy_gate_fails(tmp_path, capsys):
+    """The same Dice on both sides (no drop) but NEW's gate against its fp32 reference says FAIL."""
+    def fail(r):
+        r["accuracy_pass"] = False
+        r["accuracy_gate"] = {"pass": False, "reasons": ["metric 0.7900 is 98.60% of the fp32 reference (needs >= 99.0%)"]}
+    old, new = _edited(bench_v2(), fail, backend="ort-int8"), _edited(bench_v2(), fail, backend="ort-int8")
+    c = compare(old, new)
+    assert [r["key"] for r in c.accuracy_failures] == [("unet-mp-tr-bce", "ort-int8")]
+    assert c.accuracy_failures[0]["drop"] == 0 and "98.60%" in c.accuracy_failures[0]["note"]
+    assert _exit(tmp_path, old, new) == 1 and "REGRESSION" in capsys.readouterr().out
+    assert _exit(tmp_path, old, new, "--allow-gate-fail") == 0
+
+
+def test_cvae_without_a_judge_cannot_be_verified(tmp_path, capsys):
+    def unjudged(r):
+        r["judge_acc"] = None
+        r["accuracy_gate"] = {"pass": True, "metric": "MAE vs fp32 only (no judge given)"}
+    new = _edited(bench_v2(), unjudged, task="cvae")
+    c = compare(bench_v2(), new)
+    assert {r["key"] for r in c.accuracy if r["verdict"] == CANNOT} == {("cvae-mnist", "torch-eager"),
+                                                                        ("cvae-mnist", "ort-fp32")}
+    assert _exit(tmp_path, bench_v2(), new) == 1
+    assert "benched without a judge" in capsys.readouterr().out
+    assert _exit(tmp_path, bench_v2(), new, "--allow-no-judge") == 0
+
+
+def test_server_rows_too_short_for_a_p99_are_left_out_with_the_reason(tmp_path, capsys):
+    short = lambda r: r.update(percentile_ok={"p50": True, "p90": True, "p99": False}, queries_per_round=64)  # noqa: E731
+    old, new = _edited(bench_v2(), short, scenario="server"), _edited(bench_v2(), short, scenario="server")
+    new = _scaled(new, "ort-int8", 0.5)  # a server p99 twice as high, not gated: too few queries for a p99
+    c = compare(old, new)
+    assert {k[2] for k, _ in c.left_out} == {"server"} and len(c.left_out) == 3
+    assert all(r["key"][2] != "server" for r in c.speed)
+    assert _exit(tmp_path, old, _edited(bench_v2(), short, scenario="server")) == 0
+    out = capsys.readouterr().out
+    assert "Left out of the speed gate" in out and "(OLD 64, NEW 64 < 662" in out and "--min-queries 662" in out
+
+
+@pytest.mark.parametrize("section,key,value", [("env", "cpu_model", "Other CPU"), ("env", "cpu_flags", ["avx2", "avx512f"]),
+                                               ("env", "torch", "2.6"), ("config", "threads", 1), ("config", "rounds", 12)])
+def test_machine_or_setting_mismatch_exits_2_naming_the_field(tmp_path, capsys, section, key, value):
+    new = bench_v2()
+    new[section][key] = value
+    assert _exit(tmp_path, bench_v2(), new) == 2
+    err = capsys.readouterr().err
+    assert f"{section}.{key}" in err and "--allow-different-machine" in err
+    assert _exit(tmp_path, bench_v2(), new, "--allow-different-machine") == 0
+    assert f"{section}.{key}: " in capsys.readouterr().out
+
+
+def test_cross_session_verdicts_say_drift_is_uncontrolled_and_label_true_coverage(tmp_path, capsys):
+    three = _edited(bench_v2(), lambda r: r.update(ci_coverage=0.75, rounds=3))
+    p = _write(tmp_path, "three.json", three)
+    assert main(["compare", str(p), str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "Host drift is not controlled" in out and "segvae ab" in out
+    assert "75% CI / 75% CI" in out and "95%" not in out

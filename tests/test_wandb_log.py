@@ -117,7 +117,7 @@ def test_export_artifact_names_its_training_run_and_bench_logs_table(offline_env
     int8 = next(r for r in rows if r["backend"] == "ort-int8" and r["scenario"] == "offline" and r["batch_size"] == 8)
     assert (int8["samples_per_s"], int8["samples_per_s_lo"], int8["samples_per_s_hi"]) == (160.0, 156.8, 163.2)
     assert int8["accuracy"] == 0.7984 and int8["accuracy_count"] == 238 and int8["accuracy_pass"] is True
-    assert int8["valid"] is True and int8["p50_ms"] == pytest.approx(1000 * 8 / 160)
+    assert int8["stable"] is True and int8["loadgen_valid"] is False and int8["p50_ms"] == pytest.approx(1000 * 8 / 160)
     cfg = run_config(recs)
     assert "env" in cfg, (sorted(cfg), [r.WhichOneof("record_type") for r in recs])
     assert cfg["env"] == bench_v2()["env"] and cfg["schema_version"] == 2

@@ -7,13 +7,16 @@
 - `Dist`: rank/world under `accelerate launch` (gather, broadcast, barrier).
 - `interleave`: the scheduler. Round r of every backend runs before round r+1 of any, so a noisy
   minute on a shared machine hits every backend alike, and the speed-up of round r pairs two
-  measurements taken moments apart.
+  measurements taken moments apart. Within a round the backends go in a seeded random order, new
+  every round, so that going first (a cold cache, the previous backend's threads still spinning)
+  is no backend's constant handicap; the orders are returned to be recorded.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -91,17 +94,28 @@ class LocalWorker:
 
 
 def interleave(names: Callable[[], Iterable[str]], rounds: int, items: Iterable, call: Callable,
-               on_round: Callable[[int], None] | None = None) -> None:
+               on_round: Callable[[int], None] | None = None, rng: random.Random | None = None) -> list[dict]:
     """for r in rounds: for each item (scenario, batch size): for each backend names() gives (asked
-    afresh, so one whose call failed is dropped for the rest): call(name, item, r); then
-    on_round(r + 1)."""
+    afresh, so one whose call failed is dropped for the rest), in an order shuffled per (round,
+    item) by `rng` (None: names()'s order): call(name, item, r); then on_round(r + 1). Returns the
+    orders actually run: [{"scenario|bs": [name, ...]}, ...], one dict per round."""
     items = list(items)
+    schedule = []
     for r in range(rounds):
+        orders = {}
         for item in items:
-            for name in list(names()):
-                call(name, item, r)
+            order = list(names())
+            if rng is not None:
+                rng.shuffle(order)
+            ran = orders[f"{item[0]}|{item[1]}"] = []
+            for name in order:
+                if name in names():  # not dropped by an earlier call of this round
+                    ran.append(name)
+                    call(name, item, r)
+        schedule.append(orders)
         if on_round is not None:
             on_round(r + 1)
+    return schedule
 
 
 class Dist:

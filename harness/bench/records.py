@@ -1,6 +1,8 @@
 """The record schema (schema.md, version 2): one flat record per (run, backend, scenario, batch
-size[, rank]) built from R interleaved rounds, with medians, confidence intervals, speed-ups
-against torch eager paired by round, LoadGen validity and the accuracy gate; and the CLI table."""
+size[, rank]) built from R interleaved rounds, with medians, confidence intervals (each with its
+true coverage), speed-ups against torch eager paired by round, two verdicts on the measurement
+(`stable`: our minimum counts met; `loadgen_valid`: what MLPerf LoadGen would accept, only ever
+true under --mlperf) and the accuracy gate; and the CLI table."""
 from __future__ import annotations
 
 from harness import bench_fields as bf
@@ -20,7 +22,8 @@ RECORD_FIELDS = (
     "torch_in_process", "model_bytes", "model_file", "model_sha256", "export_config_hash", "run_config_hash",
     "threads", "isolated", "worker_pids", "device", "form", "timing_includes_h2d", "h2d_ms", "compile_s",
     "dice", "iou", "dice_delta", "max_abs_err", "mean_abs_err", "judge_acc", "accuracy_count",
-    "accuracy_subset", "accuracy_pass", "accuracy_gate", "valid", "invalid_reasons", "rank", "world_size",
+    "accuracy_subset", "accuracy_pass", "accuracy_gate", "stable", "unstable_reasons", "loadgen_valid",
+    "loadgen_reasons", "rank", "world_size",
 )
 SERVER_FIELDS = ("target_rate", "achieved_rate", "latency_bound_ms", "bound_met", "queries_offered",
                  "queries_served", "max_rate", "search_probes")
@@ -50,8 +53,10 @@ def round_figures(rounds: list[dict]) -> dict:
     return out
 
 
-def validity(scenario: str, bs: int, fig: dict, n_rounds: int, cfg, server: dict | None) -> list[str]:
-    """Why a record is not valid (empty list: valid), as LoadGen would judge it."""
+def stability(scenario: str, fig: dict, n_rounds: int, cfg, server: dict | None) -> list[str]:
+    """Why a record is not `stable` (empty list: stable): every round completed, the scenario's tail
+    percentile from at least LoadGen's early-stopping minimum of queries per round (64 for a p90,
+    662 for a p99), and a server that met its bound."""
     reasons = []
     if n_rounds < cfg.rounds:
         reasons.append(f"only {n_rounds} of {cfg.rounds} rounds completed")
@@ -59,15 +64,27 @@ def validity(scenario: str, bs: int, fig: dict, n_rounds: int, cfg, server: dict
     if tail and not fig["percentile_ok"][tail]:
         reasons.append(f"{tail} from {fig['queries_per_round']} queries per round < {tail_min_queries(tail)} "
                        "(LoadGen early stopping, 99% confidence)")
-    if cfg.mlperf:
-        if fig["duration_s"] / max(n_rounds, 1) < MLPERF_MIN_DURATION:
-            reasons.append(f"rounds shorter than LoadGen's {MLPERF_MIN_DURATION:.0f} s")
-        if SCENARIOS[scenario].tail is None and fig["queries_per_round"] * bs < MLPERF_OFFLINE_SAMPLES:
-            reasons.append(f"fewer than {MLPERF_OFFLINE_SAMPLES} samples per round")
     if server is not None and server.get("bound_met") is False:
         reasons.append(f"server p99 over the {server['latency_bound_ms']:.2f} ms bound (or queries unserved) "
                        "in at least one round")
     return reasons
+
+
+def loadgen_validity(scenario: str, bs: int, fig: dict, n_rounds: int, cfg, early: dict | None,
+                     unstable: list[str]) -> list[str]:
+    """Why MLPerf LoadGen would reject the record (empty list: it would accept it): only a --mlperf
+    bench can pass (600 s per round, 24,576 samples per offline round), with the early-stopping
+    estimate of the tail percentile reported and every stability condition met."""
+    reasons = [] if cfg.mlperf else ["not run with --mlperf (LoadGen's durations and counts)"]
+    if fig["duration_s"] / max(n_rounds, 1) < MLPERF_MIN_DURATION:
+        reasons.append(f"rounds of {fig['duration_s'] / max(n_rounds, 1):.1f} s, shorter than LoadGen's "
+                       f"{MLPERF_MIN_DURATION:.0f} s")
+    if SCENARIOS[scenario].tail is None and fig["queries_per_round"] * bs < MLPERF_OFFLINE_SAMPLES:
+        reasons.append(f"{fig['queries_per_round'] * bs} samples per offline round < LoadGen's {MLPERF_OFFLINE_SAMPLES}")
+    tail = TAIL.get(scenario)
+    if tail and (early or {}).get(tail) is None:
+        reasons.append(f"no early-stopping estimate of {tail} (too few queries)")
+    return reasons + unstable
 
 
 def server_fields(rounds: list[dict], search: dict | None) -> dict:
@@ -85,7 +102,7 @@ def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, re
     fig = round_figures(rounds)
     kind = SCENARIOS[scenario]
     server = server_fields(rounds, search) if kind.paced else None
-    reasons = validity(scenario, bs, fig, len(rounds), cfg, server)
+    unstable = stability(scenario, fig, len(rounds), cfg, server)
     rec = {**base, "scenario": scenario, "batch_size": bs, "rounds": len(rounds),
            **{k: v for k, v in fig.items() if not k.startswith("_")}, "rank": rank}
     if kind.tail:
@@ -107,7 +124,9 @@ def build_record(base: dict, scenario: str, bs: int, rounds: list[dict], cfg, re
     h2d = [m.get("h2d_ms") for m in rounds if m.get("h2d_ms") is not None]
     rec["h2d_ms"] = stats.median_ci(h2d)["median"] if h2d else None
     rec["timing_includes_h2d"] = False if base["device"] != "cpu" else None
-    rec["valid"], rec["invalid_reasons"] = not reasons, reasons
+    rec["stable"], rec["unstable_reasons"] = not unstable, unstable
+    lg = loadgen_validity(scenario, bs, fig, len(rounds), cfg, rec["early_stopping_ms"], unstable)
+    rec["loadgen_valid"], rec["loadgen_reasons"] = not lg, lg
     if server is not None:
         rec.update(server)
     return rec
@@ -149,12 +168,23 @@ def accuracy_text(r: dict) -> str:
 
 
 def verdict_text(r: dict) -> str:
-    valid, reasons = bf.validity(r)
-    return "valid" if valid else "INVALID: " + "; ".join(reasons)
+    """'stable' / 'UNSTABLE: why', and ', LoadGen-valid' when LoadGen would accept it."""
+    stable, reasons = bf.stability(r)
+    return ("stable" if stable else "UNSTABLE: " + "; ".join(reasons)) + (", LoadGen-valid" if bf.loadgen_valid(r) else "")
+
+
+def coverage_label(cov: float | None) -> str:
+    """An interval's name with its own coverage: '96.1% CI', '75% CI' (never 95% below 95%)."""
+    if cov is None:
+        return "CI"
+    pct = 100 * cov
+    return f"{pct:.1f}% CI".replace(".0%", "%") if pct < 99.95 else "~100% CI"
 
 
 def format_table(records: list[dict]) -> str:
-    cols = [("run", 16), ("backend", 30), ("scenario", 13), ("bs", 3), ("rank", 4), ("samples/s [95% CI]", 22),
+    covs = {r["ci_coverage"] for r in records if r.get("ci_coverage")}
+    head = coverage_label(covs.pop()) if len(covs) == 1 else "CI"
+    cols = [("run", 16), ("backend", 30), ("scenario", 13), ("bs", 3), ("rank", 4), (f"samples/s [{head}]", 22),
             ("vs eager", 15), ("p50 ms", 20), ("p90 ms", 9), ("q/round", 7), ("accuracy", 32), ("verdict", 0)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in cols).rstrip()]
     for r in records:
@@ -171,5 +201,6 @@ def format_table(records: list[dict]) -> str:
     if cov is not None:
         lines.append(f"intervals: order-statistic CI of the median over rounds, true coverage {cov:.2%}"
                      + (" (95% needs >= 6 rounds)" if cov < 0.95 else "")
-                     + "; * = percentile from fewer queries than LoadGen's minimum")
+                     + "; * = percentile from fewer queries than LoadGen's minimum; stable = our minimum counts "
+                       "met; LoadGen-valid only under --mlperf")
     return "\n".join(lines)

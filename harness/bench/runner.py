@@ -5,11 +5,15 @@
      against the run's config hash (stale or missing: a UserError; the bench never exports), write
      the accuracy inputs (whole test split or a stratified subset) as .npy, count FLOPs.
   2. one persistent worker per backend (launchers); per run: load, accuracy pass, then R rounds of
-     every (scenario, batch size), interleaved across backends; server rounds at ONE rate and bound
-     per model (given, or derived from torch eager's single-stream); optional rate search.
+     every (scenario, batch size), interleaved across backends in an order shuffled per round
+     (seeded, recorded in config.order); server rounds at ONE rate and bound per model (given, or
+     derived from torch eager's single-stream); optional rate search.
   3. main process: accuracy figures and gate (accuracy.py), one record per (run, backend, scenario,
-     batch size[, rank]) with medians, CIs, paired speed-ups and validity (records.py); bench.json
-     written atomically, a table printed, the path printed last.
+     batch size[, rank]) with medians, CIs, paired speed-ups, stability and LoadGen validity
+     (records.py); bench.json written atomically, a table printed, the path printed last.
+
+The A/B mode (harness/bench/ab.py) runs steps 1-3 on several runs at once: one worker per (run,
+backend), all of them in the same rounds (`bench_together`).
 
 Under `accelerate launch` every rank runs the same schedule in process: offline rounds start
 together behind a barrier, rank 0 runs single-stream and server alone, accuracy is sharded; rank 0
@@ -18,10 +22,12 @@ gathers and writes per-rank records plus aggregates (rank null). Schema: schema.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,6 +67,9 @@ class Ctx:
     peak: dict | None = None
     host: object = None                          # harness.hardware.Machine: what is native here
     server: dict = field(default_factory=dict)   # run -> {"rate", "bound_ms", "from"}
+    omp_policy: str = ""
+    t_start: float = field(default_factory=time.perf_counter)
+    schedule: dict = field(default_factory=dict)  # run -> the order the lanes ran in, per round
 
 
 # =========================================================================== entry point
@@ -73,12 +82,33 @@ def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out=BENC
     (a classifier's label-swap success) applied to each backend's CVAE outputs, or a mapping
     experiment-or-dataset name -> callable. Its value is `judge_acc` and feeds the accuracy gate."""
     cfg = (cfg or BenchConfig()).validate()
+    run_dirs = existing_dirs(run_dirs)
+    if len({r.name for r in run_dirs}) != len(run_dirs):
+        raise UserError("run directories must have distinct folder names (records are keyed by them)")
+    with bench_context(cfg, data_root, judge_fn) as ctx:
+        doc = measure(ctx, run_dirs, argv)
+    if not doc:
+        return {}
+    path = atomic_write_json(out, doc)
+    print(records.format_table(doc["results"]), flush=True)
+    for k, v in ctx.skipped.items():
+        print(f"skipped {k}: {v.splitlines()[0] if v else v}", flush=True)
+    print(str(path), flush=True)
+    return doc
+
+
+def existing_dirs(run_dirs) -> list[Path]:
     run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else run_dirs)]
     for r in run_dirs:
         if not r.is_dir():
             raise UserError(f"run directory not found: {r}")
-    if len({r.name for r in run_dirs}) != len(run_dirs):
-        raise UserError("run directories must have distinct folder names (records are keyed by them)")
+    return run_dirs
+
+
+@contextmanager
+def bench_context(cfg: BenchConfig, data_root=None, judge_fn=None):
+    """The Ctx of one bench (device, ranks, threads, backends chosen), torch's thread count set for
+    its duration and restored after."""
     omp_policy = configure_omp(cfg.wait)
     try:
         device = detect_device(cfg.device)
@@ -93,10 +123,10 @@ def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out=BENC
     import torch
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    if not isolated:  # in process: the policy torch was imported under
-        omp_policy = os.environ.get("OMP_WAIT_POLICY", OMP_DEFAULT)
+    # in process: the policy torch was imported under
+    ctx.omp_policy = omp_policy if isolated else os.environ.get("OMP_WAIT_POLICY", OMP_DEFAULT)
     try:
-        return _bench(ctx, run_dirs, out, argv, omp_policy, time.perf_counter())
+        yield ctx
     finally:
         torch.set_num_threads(old_threads)
 
@@ -202,6 +232,8 @@ class BackendRun:
     name: str
     worker: object                # launchers.ProcessWorker or LocalWorker
     timed: bool                   # in --backends (False: loaded only as the accuracy reference)
+    job: dict = field(default_factory=dict)  # the run it measures
+    side: int = 0                 # index of that run among those measured together (the A/B mode)
     error: str | None = None
     load: dict | None = None      # form, compile seconds, pids of every process it ran in
     acc: dict | None = None       # the accuracy pass's outputs
@@ -223,26 +255,28 @@ def _live(backends: dict[str, BackendRun], timed: bool = False) -> list[str]:
     return [n for n, b in backends.items() if b.live and (b.timed or not timed)]
 
 
-def _respawn(ctx: Ctx, job: dict, backends: dict[str, BackendRun], workers: dict) -> None:
+def _respawn(ctx: Ctx, backends: dict[str, BackendRun], workers: list[dict]) -> None:
     """A fresh process for every timed backend (its load repeated, its accuracy not): a process's
     memory layout speeds or slows all its rounds alike, which rounds in one process cannot see.
     Nothing is timed meanwhile, so the new processes start and load at once (torch-compile's from
     the run's filled inductor cache)."""
     settings = _worker_settings(ctx)
     fresh = []
-    for n in _live(backends, timed=True):
-        fin = _safe(ctx, job, backends[n], "finish")
+    for k in _live(backends, timed=True):
+        b = backends[k]
+        fin = _safe(ctx, b.job, b, "finish")
         if fin is not None:
-            backends[n].finish_earlier.append(fin)
-            backends[n].worker.close()
-            fresh.append(n)
-    for n in fresh:
-        workers[n] = backends[n].worker = ProcessWorker(n, settings)
-        backends[n].worker.send("load", job=job)
-    for n in fresh:
-        load = _safe(ctx, job, backends[n], "load", sent=True)
+            b.finish_earlier.append(fin)
+            b.worker.close()
+            fresh.append(k)
+    for k in fresh:
+        b = backends[k]
+        workers[b.side][b.name] = b.worker = ProcessWorker(b.name, settings)
+        b.worker.send("load", job=b.job)
+    for k in fresh:
+        load = _safe(ctx, backends[k].job, backends[k], "load", sent=True)
         if load is not None:
-            backends[n].load["pids"].append(load["pid"])
+            backends[k].load["pids"].append(load["pid"])
 
 
 def _safe(ctx: Ctx, where: dict, backend: BackendRun, op: str, *, sent: bool = False, **kw):
@@ -257,13 +291,19 @@ def _safe(ctx: Ctx, where: dict, backend: BackendRun, op: str, *, sent: bool = F
         return None
 
 
-def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
-    """Every backend on one run: load, accuracy, interleaved rounds, server, search, finish.
-    Returns {backend: BackendRun.result()}."""
+def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[str] | None = None
+                   ) -> tuple[list[dict], list[dict]]:
+    """Every backend of every job measured in the SAME rounds: load, accuracy, interleaved rounds
+    (the order of all (job, backend) lanes shuffled per round with random.Random(cfg.seed)), server
+    and search (one job only), finish. One job: the plain bench of one run; several (`sides` names
+    them): the A/B mode, where lane keys read "SIDE/backend". workers[j]: job j's {backend: worker}.
+    Returns ([job j's {backend: BackendRun.result()}], the schedule actually run: one
+    {"scenario|bs": [lane, ...]} per round)."""
     cfg = ctx.cfg
-    backends = {n: BackendRun(n, w, timed=n in ctx.names) for n, w in workers.items()}
-    for n, b in backends.items():
-        cls = REGISTRY[n]
+    backends = {(n if sides is None else f"{sides[j]}/{n}"): BackendRun(n, w, timed=n in ctx.names, job=jobs[j], side=j)
+                for j, ws in enumerate(workers) for n, w in ws.items()}
+    for b in backends.values():
+        cls, job = REGISTRY[b.name], b.job
         if getattr(cls, "runs_onnx", False) and not job["onnx"].get(cls.precision):
             b.error = (f"{onnx_path(job['run_dir'], job['task'], cls.precision)} not found (run `segvae export "
                        f"{job['run_dir']}{' --quantize int8' if cls.precision == 'int8' else ''}`)")
@@ -271,50 +311,59 @@ def _bench_run(ctx: Ctx, job: dict, workers: dict) -> dict:
         b.load = _safe(ctx, job, b, "load", job=job)
         if b.load is not None:
             b.load["pids"] = [b.load["pid"]]
-    for n in _live(backends):
-        backends[n].acc = _safe(ctx, job, backends[n], "accuracy", batch_size=cfg.accuracy_batch_size)
+    for k in _live(backends):
+        backends[k].acc = _safe(ctx, backends[k].job, backends[k], "accuracy", batch_size=cfg.accuracy_batch_size)
+    rank = ctx.dist.rank if ctx.dist.world > 1 else None
+    what = jobs[0]["run"] if sides is None else " vs ".join(sides)
+    rng = random.Random(cfg.seed)  # the same on every rank: ranks take the same turns
 
-    def measure(items):
-        def call(name, item, r):
+    def measure(items) -> list[dict]:
+        def call(k, item, r):
             scen, bs = item
-            extra = ctx.server.get(job["run"], {}) if SCENARIOS[scen].paced else {}
-            m = _safe(ctx, job, backends[name], "measure", scenario=scen, batch_size=bs,
+            b = backends[k]
+            extra = ctx.server.get(b.job["run"], {}) if SCENARIOS[scen].paced else {}
+            m = _safe(ctx, b.job, b, "measure", scenario=scen, batch_size=bs,
                       timing=cfg.timing(scen, bs), rate=extra.get("rate"), bound_ms=extra.get("bound_ms"),
                       seed=cfg.seed + r)
             if m is not None:
-                backends[name].rounds.setdefault(f"{scen}|{bs}", []).append(m)
+                b.rounds.setdefault(f"{scen}|{bs}", []).append(m)
         t0 = time.perf_counter()
         fresh = _generations(cfg.rounds, cfg.processes) if ctx.isolated else []
 
         def after_round(r):
-            _log(f"{job['run']}: round {r}/{cfg.rounds} of {', '.join(f'{s} bs{b}' for s, b in items)} "
-                 f"({time.perf_counter() - t0:.0f}s){'; fresh worker processes' if r in fresh else ''}",
-                 ctx.dist.rank if ctx.dist.world > 1 else None)
+            _log(f"{what}: round {r}/{cfg.rounds} of {', '.join(f'{s} bs{b}' for s, b in items)} "
+                 f"({time.perf_counter() - t0:.0f}s){'; fresh worker processes' if r in fresh else ''}", rank)
             if r in fresh:
-                _respawn(ctx, job, backends, workers)
-        interleave(lambda: _live(backends, timed=True), cfg.rounds, items, call, after_round)
+                _respawn(ctx, backends, workers)
+        return interleave(lambda: _live(backends, timed=True), cfg.rounds, items, call, after_round, rng)
 
     items = _items(cfg, paced=False)
-    measure(items)
-    for n in _live(backends, timed=True):
-        _log(f"{job['run']} | {n}: {cfg.rounds} rounds of {len(items)} measurement(s) done",
-             ctx.dist.rank if ctx.dist.world > 1 else None)
+    schedule = measure(items) if items else [{} for _ in range(cfg.rounds)]
+    for k in _live(backends, timed=True):
+        _log(f"{what} | {k}: {cfg.rounds} rounds of {len(items)} measurement(s) done", rank)
     paced = _items(cfg, paced=True)
     if paced:  # at one rate and bound per model, derived from the reference's single-stream
+        if len(jobs) != 1:
+            raise UserError("the server scenario is measured one run at a time (not in the A/B mode)")
+        job = jobs[0]
         ctx.server[job["run"]] = ctx.dist.broadcast(_server_settings(ctx, job, backends) if ctx.dist.main else None)
-        measure(paced)
+        for r, orders in enumerate(measure(paced)):
+            schedule[r].update(orders)
         if cfg.server_search:
             s = ctx.server[job["run"]]
             for n in _live(backends, timed=True):
                 backends[n].search = _safe(ctx, job, backends[n], "search", start_rate=s["rate"],
                                            bound_ms=s["bound_ms"], timing=cfg.timing(paced[0][0], 1), seed=cfg.seed)
-    for n in _live(backends):
-        b = backends[n]
-        b.finish = fin = _safe(ctx, job, b, "finish")
+    for k in _live(backends):
+        b = backends[k]
+        b.finish = fin = _safe(ctx, b.job, b, "finish")
         earlier = [f["peak_rss_mb"] for f in b.finish_earlier if f.get("peak_rss_mb") is not None]
         if fin is not None and earlier and fin.get("peak_rss_mb") is not None:
             fin["peak_rss_mb"] = max([fin["peak_rss_mb"], *earlier])  # the highest of its processes
-    return {n: b.result() for n, b in backends.items()}
+    per_job = [{} for _ in jobs]
+    for b in backends.values():
+        per_job[b.side][b.name] = b.result()
+    return per_job, schedule
 
 
 def _items(cfg: BenchConfig, paced: bool) -> list[tuple[str, int]]:
@@ -365,60 +414,71 @@ def _peak(ctx: Ctx) -> dict:
 
 
 # =========================================================================== the whole bench
-def _bench(ctx: Ctx, run_dirs: list[Path], out, argv, omp_policy: str, t_start: float) -> dict:
+def measure(ctx: Ctx, run_dirs: list[Path], argv, sides: list[str] | None = None) -> dict:
+    """The bench document (not written; {} on ranks other than 0). sides=None: the runs one after
+    the other, each with every backend interleaved; sides (one label per run, the A/B mode): every
+    backend of every run in the same rounds, each run under its side's label, no peak probe."""
     env, jobs = None, None
     ctx.workdir = Path(tempfile.mkdtemp(prefix="segvae-bench-")) if ctx.dist.main else None
-    workers: dict = {}
+    workers: list[dict] = []
     try:
         if ctx.dist.main:
             env = trackers.env_info(argv)
-            ctx.peak = _peak(ctx)
+            if sides is None:  # the A/B mode reports no % of peak
+                ctx.peak = _peak(ctx)
             jobs = [_prepare_run(ctx, r, i) for i, r in enumerate(run_dirs)]
+            for job, side in zip(jobs, sides or []):
+                job["run"] = side
         jobs = ctx.dist.broadcast(jobs)
-        workers = _start_workers(ctx)
-        per_run = []
-        for job in jobs:
-            if ctx.dist.main:
-                _log(f"{job['run']}: {len(ctx.names)} backend(s) x {ctx.cfg.rounds} interleaved rounds, "
-                     f"accuracy on {job['n']} test samples ({job['subset']})")
-            per_run.append(_bench_run(ctx, job, workers))
-        for w in workers.values():
-            w.close()
-        workers = {}
+        if sides is None:
+            workers = [_start_workers(ctx)]
+            per_run = []
+            for job in jobs:
+                if ctx.dist.main:
+                    _log(f"{job['run']}: {len(ctx.names)} backend(s) x {ctx.cfg.rounds} interleaved rounds, "
+                         f"accuracy on {job['n']} test samples ({job['subset']})")
+                got, ctx.schedule[job["run"]] = bench_together(ctx, [job], workers)
+                per_run.append(got[0])
+        else:
+            workers = [_start_workers(ctx) for _ in jobs]
+            _log(f"{' vs '.join(sides)}: {len(ctx.names)} backend(s) per side x {ctx.cfg.rounds} rounds, every "
+                 f"(side, backend) in every round in a shuffled order; accuracy on {jobs[0]['n']} test samples")
+            per_run, ctx.schedule["A/B"] = bench_together(ctx, jobs, workers, sides)
+        for ws in workers:
+            for w in ws.values():
+                w.close()
+        workers = []
         gathered = ctx.dist.gather(per_run)
         if not ctx.dist.main:
             ctx.dist.close()
             return {}
         results = assemble(ctx, jobs, gathered)
     finally:
-        for w in workers.values():
-            w.close()
+        for ws in workers:
+            for w in ws.values():
+                w.close()
         if ctx.workdir is not None:
             shutil.rmtree(ctx.workdir, ignore_errors=True)
-    doc = {
+    ctx.dist.close()
+    return {
         "version": records.SCHEMA_VERSION, "env": env, "peak": ctx.peak,
         "config": {**asdict(ctx.cfg), "threads": ctx.threads, "device_resolved": str(ctx.device),
                    "isolation": "subprocess" if ctx.isolated else "none",
                    "processes_used": ctx.cfg.processes if ctx.isolated else 1, "world_size": ctx.dist.world,
                    "backends_run": [n for n in ctx.names if n not in ctx.skipped],
-                   "accuracy_batch_size": ctx.cfg.accuracy_batch_size, "omp_wait_policy": omp_policy,
+                   "accuracy_batch_size": ctx.cfg.accuracy_batch_size, "omp_wait_policy": ctx.omp_policy,
                    "malloc": {"torch workers": retain_freed_memory(), "ort workers": ORT_MALLOC["source"]},
                    "accuracy_samples_used": {j["run"]: j["n"] for j in jobs},
                    "accuracy_subset": {j["run"]: j["subset"] for j in jobs},
                    "accuracy_class_counts": {j["run"]: j["class_counts"] for j in jobs},
                    "timing": {s: ctx.cfg.timing(s, 1) for s in ctx.cfg.scenarios},
                    "server": ctx.server or None,
+                   "order": {"seed": ctx.cfg.seed, "shuffled": "per round and measurement (random.Random(seed))",
+                             "schedule": ctx.schedule},
                    "rss_method": "VmHWM (reset per run via /proc/self/clear_refs)" if sys.platform.startswith("linux")
                    else "ru_maxrss", "reference": REFERENCE,
                    "data_root": None if ctx.data_root is None else str(ctx.data_root),
-                   "runs": [str(r) for r in run_dirs], "elapsed_s": time.perf_counter() - t_start},
+                   "runs": [str(r) for r in run_dirs], "elapsed_s": time.perf_counter() - ctx.t_start},
         "skipped": ctx.skipped,
         "results": results,
     }
-    path = atomic_write_json(out, doc)
-    print(records.format_table(results), flush=True)
-    for k, v in ctx.skipped.items():
-        print(f"skipped {k}: {v.splitlines()[0] if v else v}", flush=True)
-    ctx.dist.close()
-    print(str(path), flush=True)
-    return doc

@@ -51,18 +51,22 @@ def _ratio_cell(r) -> str:
 
 
 def _bench_verdicts(rs: list[dict]) -> tuple[str, str]:
-    """(accuracy gate, validity) of one backend's records: pass/FAIL with the reason; valid or
-    which scenario is invalid and why (first reason)."""
+    """(accuracy gate, verdict on the measurement) of one backend's records: pass/FAIL with the
+    reason; stable (our minimum counts met) or which scenario is not and why (first reason), plus
+    whether MLPerf LoadGen would accept every record."""
     gate = next((r for r in rs if bf.accuracy(r)["pass"] is not None), None)
     acc = DASH if gate is None else ("pass" if bf.accuracy(gate)["pass"] else
                                      "FAIL: " + "; ".join(dig(gate, "accuracy_gate", "reasons") or []))
-    flagged = [r for r in rs if bf.validity(r)[0] is False]
-    if not any("valid" in r for r in rs):
+    verdicts = [bf.stability(r) for r in rs]
+    if all(ok is None for ok, _ in verdicts):
         return acc, DASH
+    flagged = [(r, why) for r, (ok, why) in zip(rs, verdicts) if ok is False]
+    lg = [bf.loadgen_valid(r) for r in rs]
+    tail = "" if None in lg else (", LoadGen-valid" if all(lg) else ", not LoadGen-valid")
     if not flagged:
-        return acc, "valid"
-    return acc, "; ".join(f"{r.get('scenario')} bs{r.get('batch_size')}: {(bf.validity(r)[1] or ['?'])[0]}"
-                          for r in flagged[:2]) + (f" (+{len(flagged) - 2} more)" if len(flagged) > 2 else "")
+        return acc, "stable" + tail
+    return acc, "unstable: " + "; ".join(f"{r.get('scenario')} bs{r.get('batch_size')}: {(why or ['?'])[0]}"
+                                         for r, why in flagged[:2]) + (f" (+{len(flagged) - 2} more)" if len(flagged) > 2 else "") + tail
 
 
 def _precision_cell(precision, rs: list[dict]) -> str:
@@ -72,8 +76,9 @@ def _precision_cell(precision, rs: list[dict]) -> str:
 
 
 def bench_table(records: list[dict]) -> Table:
-    """One row per (backend, precision): latency, throughput per batch size (medians [95% CI] over
-    rounds for bench v2), % of peak, accuracy with its count and gate, speed-ups, validity."""
+    """One row per (backend, precision): latency, throughput per batch size (medians [interval] over
+    rounds for bench v2, the interval's true coverage in the note), % of peak, accuracy with its
+    count and gate, speed-ups, stability and LoadGen validity."""
     batch_sizes = sorted({int(r["batch_size"]) for r in records
                           if r.get("scenario") == "offline" and as_number(r.get("batch_size"))})
     by_backend: dict[tuple, list[dict]] = {}

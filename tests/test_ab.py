@@ -1,0 +1,132 @@
+"""The A/B mode and the shuffled interleaving: the order of the lanes is shuffled per round, seeded
+and recorded as run; the paired NEW/OLD verdict on hand-built rounds; a real `run_ab` on a tiny
+exported UNet whose NEW graph is built to be slower (more compute, the same outputs) exits 1 and
+says slower, with accuracy passing on both sides."""
+from __future__ import annotations
+
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+from harness.bench import stats
+from harness.bench.ab import CANNOT, FASTER, SAME, SLOWER, ab_rows, run_ab, side_labels, verdict
+from harness.bench.config import BenchConfig
+from harness.bench.launchers import interleave
+from harness.errors import UserError
+
+
+# ---------------------------------------------------------------------------- the schedule
+def test_interleave_shuffles_per_round_records_what_ran_and_is_seeded():
+    calls = []
+    names = ["torch-eager", "ort-fp32", "ort-int8", "torch-bf16"]
+    items = [("single-stream", 1), ("offline", 8)]
+    schedule = interleave(lambda: names, 6, items, lambda n, item, r: calls.append((r, item, n)), rng=random.Random(0))
+    assert len(schedule) == 6
+    for r, orders in enumerate(schedule):
+        assert set(orders) == {"single-stream|1", "offline|8"}
+        for item in items:
+            order = orders[f"{item[0]}|{item[1]}"]
+            assert sorted(order) == sorted(names)  # every backend once per round and measurement
+            assert order == [n for rr, it, n in calls if rr == r and it == item]  # recorded = what ran
+    assert len({tuple(o["offline|8"]) for o in schedule}) > 1  # not the same order every round
+    again = interleave(lambda: names, 6, items, lambda *a: None, rng=random.Random(0))
+    assert again == schedule  # seeded: the same schedule again
+    fixed = interleave(lambda: names, 2, items, lambda *a: None)  # no rng: the given order
+    assert all(o == names for r in fixed for o in r.values())
+
+
+def test_interleave_skips_a_backend_dropped_mid_round():
+    live = ["a", "b", "c"]
+
+    def call(n, item, r):
+        if n == "b":
+            live.remove("b")  # what a failed worker call does: names() no longer gives it
+    schedule = interleave(lambda: list(live), 3, [("offline", 1)], call, rng=random.Random(1))
+    assert "b" in schedule[0]["offline|1"] and all("b" not in o["offline|1"] for o in schedule[1:])
+
+
+# ---------------------------------------------------------------------------- the verdict
+def test_verdict_needs_a_real_and_a_large_enough_difference():
+    assert verdict({"median": 0.95, "lo": 0.93, "hi": 0.97}, 0.02) == SLOWER
+    assert verdict({"median": 0.95, "lo": 0.90, "hi": 1.01}, 0.02) == SAME   # interval reaches 1: not shown
+    assert verdict({"median": 0.99, "lo": 0.985, "hi": 0.995}, 0.02) == SAME  # real but within the tolerance
+    assert verdict({"median": 1.05, "lo": 1.03, "hi": 1.07}, 0.02) == FASTER
+    assert verdict(None, 0.02) == CANNOT
+    assert side_labels(2) == ["OLD", "NEW"] and side_labels(3) == ["OLD", "NEW1", "NEW2"]
+    with pytest.raises(UserError):
+        side_labels(1)
+
+
+def _rec(side, backend, rounds, dice=0.80, gate=True):
+    return {"run": side, "backend": backend, "scenario": "offline", "batch_size": 8, "rank": None, "task": "segmentation",
+            "samples_per_s": float(np.median(rounds)), "rounds_samples_per_s": list(rounds), "dice": dice,
+            "accuracy_pass": gate, "accuracy_gate": {"pass": gate, "reasons": [] if gate else ["Dice 62% of fp32"]}}
+
+
+def test_ab_rows_pair_rounds_and_gate_accuracy():
+    """A host that drifts by +-15% between rounds hits both sides alike: a 5% slowdown stands out in
+    the paired ratio although the two sides' own intervals overlap."""
+    rng = np.random.default_rng(0)
+    drift = 100 * np.exp(rng.normal(0, 0.15, 12))
+    noise = lambda: np.exp(rng.normal(0, 0.01, 12))  # noqa: E731
+    old_eager, old_int8 = drift * noise(), 3 * drift * noise()
+    results = [_rec("OLD", "torch-eager", old_eager), _rec("OLD", "ort-int8", old_int8), _rec("OLD", "ort-fp32", drift),
+               _rec("NEW", "torch-eager", drift * noise()), _rec("NEW", "ort-int8", 0.95 * 3 * drift * noise(), dice=0.78)]
+    rows = {r["backend"]: r for r in ab_rows(results, ["OLD", "NEW"], 12, 0.02, 0.005)}
+    assert rows["torch-eager"]["speed"] == SAME and rows["torch-eager"]["accuracy"] == "pass"
+    int8 = rows["ort-int8"]
+    assert int8["speed"] == SLOWER and int8["ratio"]["hi"] < 1 and abs(int8["ratio"]["median"] - 0.95) < 0.015
+    assert int8["ratio"] == stats.paired_ratio_ci(results[4]["rounds_samples_per_s"], old_int8)
+    assert int8["accuracy"] == "fail" and "0.8000 -> 0.7800" in int8["notes"][0]
+    assert rows["ort-fp32"]["speed"] == CANNOT and "not on NEW" in rows["ort-fp32"]["notes"][0]  # lost: no pass
+    short = ab_rows([_rec("OLD", "ort-int8", old_int8), _rec("NEW", "ort-int8", old_int8[:7])], ["OLD", "NEW"], 12, 0.02, 0.005)
+    assert short[0]["speed"] == CANNOT and "only 7 of 12 rounds" in short[0]["notes"][0]
+    failed = ab_rows([_rec("OLD", "ort-int8", old_int8), _rec("NEW", "ort-int8", old_int8, gate=False)],
+                     ["OLD", "NEW"], 12, 0.02, 0.005)
+    assert failed[0]["speed"] == SAME and failed[0]["accuracy"] == "fail" and "gate" in failed[0]["notes"][0]
+
+
+# ---------------------------------------------------------------------------- a real A/B on a slowed graph
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_root):
+    from harness.config import get_experiment
+    from harness.export_stage import export_run
+    from tests.test_bench import _make_run
+
+    root = tmp_path_factory.mktemp("ab-runs")
+    run = _make_run(root / "old" / "tiny-unet",
+                    get_experiment("unet-mp-tr-bce").with_base_channels(4).replace(image_size=32), data_root)
+    export_run(run, data_root=data_root)
+    return run
+
+
+def test_ab_on_a_graph_built_to_be_slower_exits_1(tiny_run, data_root, tmp_path, capsys):
+    from harness.bench.slowdown import add_zero_chain
+    from harness.cli import main
+
+    new = tmp_path / "new" / "tiny-unet"
+    shutil.copytree(tiny_run, new)
+    add_zero_chain(tiny_run / "onnx" / "model.onnx", new / "onnx" / "model.onnx", 400)
+    cfg = BenchConfig(backends=["ort-fp32"], scenarios=["offline"], batch_sizes=[2], rounds=6, min_duration=0.02,
+                      min_queries=4, warmup=1, threads=1, accuracy_samples=4, isolate=False)
+    doc, code = run_ab([tiny_run, new], cfg, data_root=data_root, out=tmp_path / "ab.json", argv=["segvae", "ab"])
+    assert code == 1 and doc["verdict"] == "regression"
+    (row,) = doc["ab"]
+    assert (row["backend"], row["scenario"], row["batch_size"]) == ("ort-fp32", "offline", 2)
+    assert row["speed"] == SLOWER and row["ratio"]["hi"] < 0.9 and row["accuracy"] == "pass"  # same outputs
+    assert row["ratio"]["n"] == 6 and row["ratio"]["coverage"] == pytest.approx(1 - 2 / 64)
+    old_rec = next(r for r in doc["results"] if r["side"] == "OLD" and r["backend"] == "ort-fp32")
+    new_rec = next(r for r in doc["results"] if r["side"] == "NEW" and r["backend"] == "ort-fp32")
+    assert new_rec["model_sha256"] != old_rec["model_sha256"] and new_rec["dice"] == old_rec["dice"]
+    schedule = doc["config"]["order"]["schedule"]["A/B"]
+    assert len(schedule) == 6 and all(sorted(o["offline|2"]) == ["NEW/ort-fp32", "OLD/ort-fp32"] for o in schedule)
+    assert len({tuple(o["offline|2"]) for o in schedule}) == 2 and doc["config"]["order"]["seed"] == 0
+    out = capsys.readouterr().out
+    assert "A/B benchmark, one session: REGRESSION" in out and "current checkout's model code" in out
+    assert "96.9% CI" in out and "95%" not in out
+    # bad input exits 2: a server scenario, one run folder only
+    assert main(["ab", str(tiny_run), str(new), "--scenarios", "server"]) == 2
+    assert main(["ab", str(tiny_run)]) == 2
+    assert "at least two run folders" in capsys.readouterr().err
