@@ -294,6 +294,9 @@ class SlurmLauncher(Launcher):
             self.states[step.key].update(state=COMPLETED, nodes=nodes or old.get("nodes", ""), slurm_state=state)
             print(f"{step.tag} job {self.job[step.key]} completed", flush=True)
             return True
+        if any(self.states[a]["state"] in (FAILED, CANCELLED, STOPPED) for a in step.after if a in self.states):
+            self.states[step.key].update(state=STOPPED, slurm_state=state)  # SLURM cancelled it for its input
+            return True
         ended[step.key] = state
         self.states[step.key].update(state=CANCELLED if state.startswith("CANCELLED") else FAILED,
                                      nodes=nodes or old.get("nodes", ""), slurm_state=state)
