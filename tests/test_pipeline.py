@@ -233,6 +233,7 @@ def test_a_rerun_runs_only_what_did_not_finish_and_what_reads_it(tmp_path, data_
 
     import harness.launchers.local as local
     import harness.pipeline as pipeline
+    from harness.estimate import Estimate
 
     calls = []
 
@@ -251,6 +252,7 @@ def test_a_rerun_runs_only_what_did_not_finish_and_what_reads_it(tmp_path, data_
             out().write_text("{}")
 
     monkeypatch.setattr(local, "run_child", child)
+    monkeypatch.setattr(pipeline, "estimate_plan", lambda plan, retrain, costs=None: Estimate())  # not under test
     names = ["unet-mp-tr-bce", "cvae-mnist"]
     run = lambda: pipeline.run_pipeline("quick", data_root=data_root, experiments=names, out_dir=tmp_path)  # noqa: E731
 

@@ -65,7 +65,9 @@ def slurm_cluster(tmp_path_factory):
 def tiny(monkeypatch, tmp_path):
     """A preset of the smallest settings, and the environment the jobs inherit (sbatch exports it)."""
     import harness.pipeline as pipeline
+    from harness.estimate import Estimate
 
+    monkeypatch.setattr(pipeline, "estimate_plan", lambda plan, retrain, costs=None: Estimate())  # CI time
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     monkeypatch.chdir(tmp_path)  # the jobs' working folder (#SBATCH --chdir) is the submitter's
     monkeypatch.setitem(pipeline.PRESETS, "tiny", pipeline.Preset(
