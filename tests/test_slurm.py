@@ -175,7 +175,9 @@ def _check_array_order_and_artifacts(local: Path, slurm: Path):
     assert {"report.html", "report.md", "bench.json", "judges/mnist/judge.json",
             "unet-mp-tr-bce/onnx/model.onnx", "cvae-mnist/labelswap.json"} <= _files(slurm)
     for rel in sorted(_files(local)):
-        if rel.endswith(".json") and rel not in ("pipeline.json", "bench.json") and not rel.endswith("run.json"):
+        # not pipeline.json, bench.json, peak.json (timings) nor run.json (provenance)
+        if rel.endswith(".json") and rel not in ("pipeline.json", "bench.json", "peak.json") \
+                and not rel.endswith("run.json"):
             a, b = (json.loads((d / rel).read_text()) for d in (local, slurm))
             assert _strip(without_timings(a), BENCH_TIMING) == _strip(without_timings(b), BENCH_TIMING), rel
     for rel in sorted(r for r in _files(local) if r.endswith(".onnx")):
