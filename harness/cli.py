@@ -150,11 +150,15 @@ def _compare(a) -> int:
 
 
 def _run(a) -> int:
+    from harness.launchers import launcher_config
     from harness.pipeline import run_pipeline
 
+    launcher = launcher_config(a.launcher, a.slurm_config, partition=a.partition, account=a.account, time=a.time,
+                               gpus_per_task=a.gpus_per_task, cpus_per_task=a.cpus_per_task,
+                               sbatch_args=a.sbatch_arg)
     run_pipeline(preset=a.preset, data_root=a.data_root, experiments=a.experiments, seeds=a.seeds,
                  out_dir=a.out, log_with=a.log_with, retrain=a.retrain, dry_run=a.dry_run,
-                 full_epochs=a.full_epochs)
+                 full_epochs=a.full_epochs, launcher=launcher)
     return 0
 
 

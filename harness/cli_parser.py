@@ -370,6 +370,23 @@ def _run(sub) -> None:
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (each stage's command), what it leaves out on this machine and the "
                           "estimate from a few seconds of calibration here, then stop (default: off)")
+    run.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                     help="local: every stage here, one after another; slurm: SLURM jobs, the trainings as one job "
+                          "array, each later stage after the jobs it reads (docs/cluster.md) (default: local)")
+    slurm = run.add_argument_group("--launcher slurm (flags win over --slurm-config)")
+    slurm.add_argument("--slurm-config", metavar="FILE.json",
+                       help="JSON with any of: partition, account, time, gpus_per_task, cpus_per_task, sbatch_args, "
+                            "bench_sbatch_args, poll_seconds (default: none)")
+    slurm.add_argument("--partition", help="sbatch --partition of every job (default: the cluster's)")
+    slurm.add_argument("--account", help="sbatch --account of every job (default: yours)")
+    slurm.add_argument("--time", help="sbatch --time of every job, e.g. 04:00:00 (default: the partition's)")
+    slurm.add_argument("--gpus-per-task", type=positive_int,
+                       help="GPUs per training and bench job; a training with more than one runs under `accelerate "
+                            "launch` (default: none)")
+    slurm.add_argument("--cpus-per-task", type=positive_int, help="CPUs per job (default: the cluster's)")
+    slurm.add_argument("--sbatch-arg", action="append", metavar="OPTION",
+                       help="one more sbatch option for every job, e.g. --sbatch-arg=--qos=high; repeatable "
+                            "(default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,27 +3,30 @@
 Every stage is a `segvae` command run as a child process (`python -m harness STAGE ...`): the
 pipeline builds each stage's argv once, checks it against the parser before any work starts, runs
 it, and records that very argv in pipeline.json, so the report's "Reproduce" commands are what
-ran. Each training run gets a fresh Accelerator and its own threads. Outputs:
+ran. Each training run gets a fresh Accelerator and its own threads. Where the commands run is the
+launcher's business (harness/launchers/): child processes here, one after another (`local`, the
+default), or SLURM jobs (`slurm`: the trainings as one job array, each later stage after the jobs it
+reads). Outputs:
 
     OUT/<experiment>[-s<seed>]/   one run directory per experiment and seed (harness.run_folder)
     OUT/configs/<run>.json        the resolved config each training started from
     OUT/judges/<dataset>/         the label-swap judges
     OUT/bench.json                PyTorch vs ONNX Runtime, speed and accuracy
     OUT/report.html, report.md    the report
-    OUT/pipeline.json             preset, commands (as run), wall time
+    OUT/pipeline.json             preset, commands (as run), each step's state (and job), wall time
+    OUT/slurm/                    the SLURM launcher's batch scripts and job logs
 
 Re-running with the same OUT reuses each finished run whose config is unchanged (and each judge
-with unchanged settings) and resumes an interrupted run from its last epoch checkpoint; `--retrain`
-trains everything again.
+with unchanged settings), resumes an interrupted run from its last epoch checkpoint, and skips a
+judge, export or bench step that pipeline.json records as finished with the same command when
+nothing it reads ran again (the report is always rebuilt); `--retrain` trains everything again.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import math
-import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +38,8 @@ from harness.data import resolve_data_root
 from harness.errors import UserError
 from harness.estimate import estimate
 from harness.hardware import machine
-from harness.io import atomic_write_json
+from harness.io import atomic_write_json, read_json
+from harness.launchers.base import FINISHED, PLANNED, REUSED, LauncherConfig, Step
 from harness.presets import PRESETS, Preset, preset_config, task_seeds
 from harness.run_folder import (BENCH_FILE, CONFIG_FILE, CONFIGS_DIR, DEFAULT_OUT, JUDGES_DIR, LABELSWAP_FILE,
                                 FIT_FILE, METRICS_FILE, PEAK_FILE, PIPELINE_FILE, REPORT_HTML, REPORT_MD, WEIGHTS_FILE, judge_dir,
@@ -122,6 +126,7 @@ class Plan:
     report: list[str] = field(default_factory=list)
     bench_settings: dict = field(default_factory=dict)     # the preset's bench settings fit to this machine
     left_out: dict = field(default_factory=dict)           # backend -> why the preset's bench leaves it out here
+    steps: list[Step] = field(default_factory=list)       # every command above, with what it reads
 
     def all_argv(self) -> list[list[str]]:
         return [a for _, _, a in self.runs] + self.judges + self.exports + [self.bench, self.report]
@@ -164,6 +169,7 @@ def make_plan(preset: str, data_root, experiments, seeds, out_dir, log_with: str
     plan.report = report_argv(plan.out)
     for argv in plan.all_argv():
         check_argv(argv)
+    plan.steps = plan_steps(plan, datasets)
     return plan
 
 
@@ -178,40 +184,98 @@ def bench_for_machine(bench: dict, host) -> tuple[dict, dict]:
     return {**bench, "backends": keep}, left_out
 
 
-def _train_stage(plan: Plan, retrain: bool, ran: list[list[str]], reused: list[str]) -> None:
-    for cfg, run, argv in plan.runs:
-        atomic_write_json(Path(argv[argv.index("--config") + 1]), cfg.to_dict())
-        state = run_state(run, cfg)
-        if state == "finished" and not retrain:
-            print(f"[train {run.name}] reusing the finished run in {run} (same config; --retrain to redo it)",
-                  flush=True)
-            reused.append(run.name)
-            ran.append(argv)  # the command that made the run
+def plan_steps(plan: Plan, judged: dict[str, list[Path]]) -> list[Step]:
+    """The plan as steps in run order, each naming the steps whose outputs it reads: what a launcher
+    needs to order them (SLURM: afterok dependencies) and to tell what a failure stops."""
+    from harness.run_folder import EXPORT_FILE, JUDGE_FILE, ONNX_DIR
+
+    train = {run: f"train/{run.name}" for _, run, _ in plan.runs}
+    steps = [Step(train[run], "train", argv, [], run / METRICS_FILE) for _, run, argv in plan.runs]
+    judges = []
+    for (ds, runs), argv in zip(judged.items(), plan.judges):
+        judges.append(Step(f"judge/{ds}", "judges", argv, [train[r] for r in runs],
+                           judge_dir(ds, plan.out) / JUDGE_FILE))
+    exports = [Step(f"export/{run.name}", "export", argv, [train[run]], run / ONNX_DIR / EXPORT_FILE)
+               for run, argv in zip(plan.primary, plan.exports)]
+    bench = Step("bench", "bench", plan.bench, [s.key for s in judges + exports], plan.out / BENCH_FILE)
+    steps += judges + exports + [bench]
+    steps.append(Step("report", "report", plan.report, [s.key for s in steps], plan.out / REPORT_HTML))
+    return steps
+
+
+def _steps_to_run(plan: Plan, previous: dict[str, dict], retrain: bool) -> tuple[list[Step], list[str]]:
+    """(the steps to run, the names of reused runs). A training is reused when its run folder holds a
+    finished run of the same config (the run folder is the contract), resumed (`--resume`) when it holds
+    an unfinished one; a later step when pipeline.json records it finished with the same argv, its
+    output is there and nothing it reads runs again. The report always runs."""
+    todo: list[Step] = []
+    reused: list[str] = []
+    trainings = {f"train/{run.name}": (cfg, run) for cfg, run, _ in plan.runs}
+    for step in plan.steps:
+        if step.stage == "train":
+            cfg, run = trainings[step.key]
+            atomic_write_json(Path(step.argv[step.argv.index("--config") + 1]), cfg.to_dict())
+            state = run_state(run, cfg)
+            if state == "finished" and not retrain:
+                print(f"[train {run.name}] reusing the finished run in {run} (same config; --retrain to redo it)",
+                      flush=True)
+                reused.append(run.name)
+                continue
+            if retrain or state == "other":
+                _forget_result(run)
+            if state == "same" and not retrain:
+                step.argv = step.argv + ["--resume"]
+            todo.append(step)
             continue
-        if retrain or state == "other":
-            _forget_result(run)
-        resume = ["--resume"] if state == "same" and not retrain else []
-        ran.append(argv + resume)
-        _child(argv + resume, f"[train {run.name}]")
+        prev = previous.get(step.key) or {}
+        done = (not retrain and step.stage != "report" and prev.get("state") in FINISHED
+                and prev.get("argv") == step.argv and step.output.exists()
+                and not any(t.key in step.after for t in todo))
+        if done:
+            print(f"{step.tag} reusing its finished output {step.output} (same command; nothing it reads ran again)",
+                  flush=True)
+        else:
+            todo.append(step)
+    return todo, reused
+
+
+def _previous_steps(out: Path) -> dict[str, dict]:
+    """The step records of the previous `segvae run` into this OUT (empty when none or unreadable)."""
+    try:
+        doc = read_json(out / PIPELINE_FILE, "pipeline record")
+    except UserError:
+        return {}
+    steps = doc.get("steps") if isinstance(doc, dict) else None
+    return steps if isinstance(steps, dict) else {}
 
 
 def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=None, out_dir=DEFAULT_OUT,
                  log_with: str = "none", retrain: bool = False, dry_run: bool = False,
-                 full_epochs: bool = False) -> dict:
+                 full_epochs: bool = False, launcher: LauncherConfig | None = None) -> dict:
+    """Plan, then hand the steps that did not finish to the launcher (default: local child processes)."""
+    import dataclasses
+
+    from harness.launchers import launcher_classes
+    from harness.launchers.local import LocalConfig
+
+    launcher = launcher or LocalConfig()
     plan = make_plan(preset, data_root, experiments, seeds, out_dir, log_with, retrain)
     if not dry_run:
         plan.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"segvae run: preset {preset!r} ({plan.p.description})\n  data {plan.root or 'the embedded sample'}"
           f"\n  experiments "
-          f"{plan.experiments}, seeds {plan.seeds}\n  outputs under {plan.out.resolve()}", flush=True)
+          f"{plan.experiments}, seeds {plan.seeds}\n  outputs under {plan.out.resolve()}\n  launcher {launcher.name}",
+          flush=True)
     for name, why in plan.left_out.items():
         print(f"  bench: leaving out {name}: {why}; to bench it anyway: segvae bench RUN... --backends "
               f"{','.join([*plan.bench_settings.get('backends', []), name])}", flush=True)
     costs: dict = {}
     est = estimate_plan(plan, retrain, costs)
-    fitted = None if full_epochs else fitted_before(plan.out, preset)
-    if fitted is None and not full_epochs and not any(run.exists() for _, run, _ in plan.runs):
+    # the budget is this machine's: with --launcher slurm the jobs train the preset's epochs on the cluster's nodes
+    fit_here = launcher.name == "local" and not full_epochs
+    fitted = fitted_before(plan.out, preset) if fit_here else None
+    if fitted is None and fit_here and not any(run.exists() for _, run, _ in plan.runs):
         fitted = fit_unet_epochs(plan, est)  # only for a fresh --out: a re-run keeps what the first run chose
     if not dry_run:
         atomic_write_json(plan.out / FIT_FILE, {"preset": preset, "unet_epochs": fitted})
@@ -227,29 +291,37 @@ def run_pipeline(preset: str = "quick", data_root=None, experiments=None, seeds=
         print("dry run: the stages would run these commands:\n" + "\n".join(f"  {shlex.join(map(str, a[3:]))}"
                                                                            for a in plan.all_argv()), flush=True)
         return {"out": plan.out, "estimate": est, "plan": plan}
-    ran: list[list[str]] = []
-    reused: list[str] = []
-    stage_seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    _train_stage(plan, retrain, ran, reused)
-    stage_seconds["train"] = _stage_done("train", t, t0)
-    for stage, argvs in (("judges", plan.judges), ("export", plan.exports), ("bench", [plan.bench])):
-        t = time.perf_counter()
-        for argv in argvs:
-            _child(argv, f"[{argv[3]} {Path(argv[4]).name}]")
-            ran.append(argv)
-        stage_seconds[stage] = _stage_done(stage, t, t0)
-    ran.append(plan.report)
+    previous = _previous_steps(plan.out)
+    todo, reused = _steps_to_run(plan, previous, retrain)
+    states = {s.key: {"stage": s.stage, "argv": s.argv, "after": s.after, "state": PLANNED} for s in plan.steps}
+    for step in plan.steps:
+        if step not in todo:
+            prev = previous.get(step.key) or {}
+            states[step.key].update({k: prev[k] for k in ("job_id", "nodes", "script", "log") if k in prev},
+                                    state=REUSED)
     run_argv = ["segvae", *sys.argv[1:]] if sys.argv else []
-    atomic_write_json(plan.out / PIPELINE_FILE, {
-        "preset": preset, "description": plan.p.description, "data_root": str(plan.root) if plan.root else "embedded",
-        "experiments": plan.experiments, "seeds": plan.seeds, "reused_runs": reused,
-        "commands": ([shlex.join(run_argv)] if run_argv else []) + [shlex.join(a) for a in ran],
-        "argv": ([run_argv] if run_argv else []) + ran,
-        "wall_seconds": time.perf_counter() - t0, "stage_seconds": stage_seconds,
-        "estimate": {"stage_seconds": est.stages, "calibration_seconds": est.calibration_s},
-        "bench_left_out": plan.left_out, "unet_epochs_fitted": plan.unet_epochs, "machine": machine().as_dict()})
-    _child(plan.report, "[report]")
+    runner = launcher_classes(launcher.name)[0](launcher, plan.out, states, lambda: None, previous)
+    host = machine().as_dict()  # where `segvae run` ran (with --launcher slurm: not where the jobs ran)
+
+    def record():
+        atomic_write_json(plan.out / PIPELINE_FILE, {
+            "preset": preset, "description": plan.p.description,
+            "data_root": str(plan.root) if plan.root else "embedded",
+            "experiments": plan.experiments, "seeds": plan.seeds, "reused_runs": reused,
+            "launcher": {"name": launcher.name, **dataclasses.asdict(launcher)},
+            "commands": ([shlex.join(run_argv)] if run_argv else []) + [shlex.join(s.argv) for s in plan.steps],
+            "argv": ([run_argv] if run_argv else []) + [s.argv for s in plan.steps],
+            "wall_seconds": time.perf_counter() - t0, "stage_seconds": runner.stage_seconds,
+            "estimate": {"stage_seconds": est.stages, "calibration_seconds": est.calibration_s},
+            "bench_left_out": plan.left_out, "unet_epochs_fitted": plan.unet_epochs, "machine": host,
+            "steps": states})
+
+    runner.on_change = record
+    record()
+    try:
+        runner.launch(todo)
+    finally:
+        record()
     wall = time.perf_counter() - t0
     html = (plan.out / REPORT_HTML).resolve()
     print(f"segvae run finished in {wall / 60:.1f} min; report: {html}", flush=True)
@@ -300,12 +372,6 @@ def estimate_plan(plan: Plan, retrain: bool, costs: dict | None = None):
     return estimate(runs, judges, plan.root, plan.p.export, plan.bench_settings, costs)
 
 
-def _stage_done(stage: str, t: float, t0: float) -> float:
-    seconds = time.perf_counter() - t
-    print(f"[{stage}] done in {seconds / 60:.1f} min ({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
-    return seconds
-
-
 def run_state(run: Path, cfg: ExperimentConfig) -> str:
     """What OUT/<run> holds for this config: 'finished' (metrics written), 'same' (the same config,
     unfinished: resume it), 'other' (another config, or nothing readable) or 'none'.
@@ -331,15 +397,3 @@ def _forget_result(run: Path):
         (run / name).unlink(missing_ok=True)
 
 
-def _child(argv: list[str], tag: str):
-    """Run argv (a stage's full command), streaming its output; a failure stops the pipeline with its tail."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    tail: list[str] = []
-    for line in proc.stdout:
-        for part in line.replace("\r", "\n").splitlines():
-            if part.strip() and "it/s" not in part and "s/it" not in part:
-                print(f"{tag} {part}", flush=True)
-                tail = (tail + [part])[-20:]
-    if proc.wait() != 0:
-        raise UserError(f"{tag} failed (exit {proc.returncode}):\n" + "\n".join(tail))

@@ -80,6 +80,7 @@ def test_run_state_tells_finished_interrupted_and_foreign_runs(tmp_path):
 @pytest.mark.parametrize("retrain", [False, True])
 def test_pipeline_reuses_finished_runs_resumes_others_and_retrains_on_request(tmp_path, data_root, monkeypatch,
                                                                              retrain):
+    import harness.launchers.local as local
     import harness.pipeline as pipeline
 
     calls = []
@@ -89,7 +90,7 @@ def test_pipeline_reuses_finished_runs_resumes_others_and_retrains_on_request(tm
             raise _StopAfterTraining
         calls.append(argv[3:])
 
-    monkeypatch.setattr(pipeline, "_child", child)
+    monkeypatch.setattr(local, "run_child", child)
     p = PRESETS["quick"]
     names = ["unet-mp-tr-bce", "unet-sc-tr-bce", "unet-sc-up-dice"]
     cfgs = {n: preset_config(n, p, 0) for n in names}
@@ -162,10 +163,11 @@ def test_bench_flags_are_generic_over_the_preset_dict():
 
 
 def test_a_preset_key_without_a_flag_fails_before_any_work(tmp_path, monkeypatch):
+    import harness.launchers.local as local
     import harness.pipeline as pipeline
 
     monkeypatch.setitem(pipeline.PRESETS, "odd", pipeline.Preset("odd", bench={"no_such_setting": 3}))
-    monkeypatch.setattr(pipeline, "_child", lambda argv, tag: pytest.fail(f"ran {argv}"))
+    monkeypatch.setattr(local, "run_child", lambda argv, tag: pytest.fail(f"ran {argv}"))
     with pytest.raises(UserError, match="bench .*--no-such-setting"):
         pipeline.run_pipeline("odd", out_dir=tmp_path, experiments=["unet-mp-tr-bce"])
 
@@ -219,3 +221,55 @@ def test_recorded_commands_reproduce_the_pipeline_artifacts(tmp_path, data_root,
     assert without_timings(after["metrics"]) == without_timings(before["metrics"])
     assert after["export"]["config_hash"] == before["export"]["config_hash"]
     assert after["export"]["int8"] == before["export"]["int8"] and after["export"]["parity"] == before["export"]["parity"]
+
+
+def test_a_rerun_runs_only_what_did_not_finish_and_what_reads_it(tmp_path, data_root, monkeypatch):
+    """Each step's state goes to pipeline.json; a second `segvae run` re-runs only the report; after a
+    training lost its result, that training (resumed), the steps reading it and the report run again,
+    and the export of the other run does not."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import harness.launchers.local as local
+    import harness.pipeline as pipeline
+    from harness.estimate import Estimate
+
+    calls = []
+
+    def child(argv, tag):  # each stage's output, as the real command leaves it
+        calls.append(tag)
+        cmd, flag = argv[3], lambda name: Path(argv[argv.index(name) + 1])
+        if cmd == "train":
+            flag("--out").mkdir(parents=True, exist_ok=True)
+            shutil.copy(flag("--config"), flag("--out") / "config.json")
+            for name in ("metrics.json", "model.safetensors"):
+                (flag("--out") / name).write_text("{}")
+        out = {"judge": lambda: flag("--out") / "judge.json", "export": lambda: Path(argv[4]) / "onnx" / "export.json",
+               "bench": lambda: flag("--out"), "report": lambda: Path(argv[4]) / "report.html"}.get(cmd)
+        if out:
+            out().parent.mkdir(parents=True, exist_ok=True)
+            out().write_text("{}")
+
+    monkeypatch.setattr(local, "run_child", child)
+    monkeypatch.setattr(pipeline, "estimate_plan", lambda plan, retrain, costs=None: Estimate())  # not under test
+    names = ["unet-mp-tr-bce", "cvae-mnist"]
+    run = lambda: pipeline.run_pipeline("quick", data_root=data_root, experiments=names, out_dir=tmp_path)  # noqa: E731
+
+    run()
+    assert calls == ["[train unet-mp-tr-bce]", "[train cvae-mnist]", "[judge mnist]", "[export unet-mp-tr-bce]",
+                     "[export cvae-mnist]", "[bench]", "[report]"]
+    steps = json.loads((tmp_path / "pipeline.json").read_text())["steps"]
+    assert {s["state"] for s in steps.values()} == {"completed"} and steps["bench"]["after"] == [
+        "judge/mnist", "export/unet-mp-tr-bce", "export/cvae-mnist"]
+    calls.clear()
+    run()
+    assert calls == ["[report]"]
+    assert json.loads((tmp_path / "pipeline.json").read_text())["steps"]["judge/mnist"]["state"] == "reused"
+    calls.clear()
+    (tmp_path / "cvae-mnist" / "metrics.json").unlink()  # an interrupted training
+    run()
+    assert calls == ["[train cvae-mnist]", "[judge mnist]", "[export cvae-mnist]", "[bench]", "[report]"]
+    steps = json.loads((tmp_path / "pipeline.json").read_text())["steps"]
+    assert steps["train/cvae-mnist"]["argv"][-1] == "--resume"
+    assert steps["export/unet-mp-tr-bce"]["state"] == "reused"
