@@ -523,8 +523,8 @@ def tensors_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def class_labels(dataset) -> np.ndarray:
-    """Class of every sample: labels (MNIST/CIFAR) or, for pets, the breed (the image name's
-    prefix before the last '_', as in the Oxford-IIIT list file)."""
+    """Class of every item: labels (MNIST/CIFAR) or, for pets, the breed (the image name's prefix
+    before the last '_', as in the Oxford-IIIT list file); one class when neither is known."""
     if hasattr(dataset, "labels"):
         return np.asarray(dataset.labels).astype(np.int64)
     names = list(getattr(dataset, "names", []) or [])
@@ -535,19 +535,27 @@ def class_labels(dataset) -> np.ndarray:
     return np.asarray([index[b] for b in breeds], dtype=np.int64)
 
 
-def stratified_indices(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    """All indices when n is None or >= len(labels); else n indices, each class getting its share
-    n x (class size / total) rounded by largest remainder, drawn at random (seeded) within the
-    class. Returned sorted."""
+def stratified_indices(labels, n: int | None, seed: int) -> np.ndarray:
+    """The one class-stratified sampler (bench accuracy subsets, int8 calibration, scripts).
+
+    All indices when n is None or >= len(labels). Else n indices, sorted: when n >= the number of
+    classes every class gets one first (a small class is never left out, as 128 sorted pet images
+    left out Bengal), the rest is shared in proportion to class size by largest remainder; each
+    class's items are drawn at random (seeded) within it."""
     labels = np.asarray(labels)
     total = len(labels)
     if n is None or n >= total:
         return np.arange(total)
     classes, counts = np.unique(labels, return_counts=True)
-    exact = n * counts / total
-    share = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - share), kind="stable")[: n - share.sum()]:
-        share[i] += 1
+    floor = np.ones_like(counts) if n >= len(classes) else np.zeros_like(counts)
+    spare = counts - floor
+    exact = (n - floor.sum()) * spare / max(spare.sum(), 1)
+    share = np.minimum(floor + np.floor(exact).astype(int), counts)
+    for i in np.argsort(-(exact - np.floor(exact)), kind="stable"):
+        if share.sum() >= n:
+            break
+        if share[i] < counts[i]:
+            share[i] += 1
     rng = np.random.default_rng(seed)
     picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, share) if k]
     return np.sort(np.concatenate(picked)) if picked else np.arange(0)

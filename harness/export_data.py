@@ -1,5 +1,7 @@
-"""The inputs export uses: a run's held-out images for parity, training images for int8 calibration,
-random inputs only when the data cannot be loaded (and then the printout and export.json say so)."""
+"""The inputs export uses: a run's held-out images for parity, training images for int8 calibration
+(class-stratified and seeded, shared with the bench's torch int8 backend so both int8 paths are
+calibrated on the same images), random inputs only when the data cannot be loaded (and then the
+printout and export.json say so)."""
 from __future__ import annotations
 
 import torch
@@ -84,3 +86,37 @@ def seg_eval_set(cfg, data: ExportData):
     s = int(cfg.image_size)
     return SegmentationDataset((torch.rand(16, 3, s, s, generator=g) * 255).to(torch.uint8),
                                (torch.rand(16, 1, s, s, generator=g) > 0.5).to(torch.uint8)), "random"
+
+
+CALIBRATION_SEED = 1
+CALIBRATION_BATCH = 16  # calibration batches (ORT's reader and torch int8's observers alike)
+
+
+def calibration_inputs(cfg, data: ExportData, n: int, seed: int = CALIBRATION_SEED) -> tuple[dict[str, torch.Tensor], dict]:
+    """n training inputs for int8 calibration, drawn by harness.data.stratified_indices (seeded; every
+    breed, digit or class present once n reaches the number of classes). ORT int8 (export) and torch
+    int8 (bench) both call this with the count and seed export.json records, so they see the same
+    images. Returns (inputs, {"source", "count", "seed", "sampler", "classes", "class_counts"})."""
+    import numpy as np
+
+    from harness.data import class_labels, stratified_indices
+
+    train = data.split("train")
+    if train is None:
+        inputs, source = inputs_for(cfg, "segmentation" if cfg.task == "segmentation" else "swap", data, n,
+                                    split="train", seed=seed)
+        return inputs, {"source": source, "count": n, "seed": seed, "sampler": "random stand-in (no training data)",
+                        "classes": None, "class_counts": None}
+    labels = class_labels(train)
+    idx = stratified_indices(labels, n, seed)
+    if cfg.task == "segmentation":
+        inputs = {"image": torch.stack([train[int(i)][0] for i in idx])}
+    else:
+        from harness.labelswap import swap_inputs
+
+        inputs = swap_inputs(train.subset(torch.as_tensor(idx)), n=len(idx), num_classes=cfg.num_classes,
+                             latent_dim=int(cfg.model["latent_dim"]), seed=seed, spread=False)
+    present, counts = np.unique(labels[idx], return_counts=True)
+    return inputs, {"source": "train split", "count": int(len(idx)), "seed": seed,
+                    "sampler": "harness.data.stratified_indices (class-stratified, seeded)",
+                    "classes": f"{len(present)} of {len(np.unique(labels))}", "class_counts": counts.tolist()}

@@ -25,8 +25,9 @@ from exports.onnx_export import (FP16_TOLERANCE, OPSET, REWRITES, GraphSpec, bui
                                  export_checked, fp16_checked, graph_specs, parity_checks)
 from exports.quantize import QuantOptions
 from harness.errors import UserError
+from harness.export_data import (CALIBRATION_BATCH, ExportData, calibration_inputs, dataset_info, inputs_for,
+                                 seg_batch, seg_eval_set)
 from harness.hardware import machine
-from harness.export_data import ExportData, dataset_info, inputs_for, seg_batch, seg_eval_set
 from harness.io import atomic_write_json
 from harness.run_folder import (EXPORT_FILE, GRAPH_FILES, ONNX_DIR, ONNX_PRECISIONS, data_root_for, load_run,
                                 onnx_name)
@@ -205,10 +206,13 @@ def _int8(cfg, spec: GraphSpec, fp32_path: Path, out_path: Path, data: ExportDat
     if train is not None and len(train) < n:
         print(f"  note: the train split has {len(train)} images; calibrating on all of them (asked {n})")
         n = len(train)
-    calib, calib_source = inputs_for(cfg, spec.kind, data, n, split="train", seed=1)
+    calib, drawn = calibration_inputs(cfg, data, n)
+    calib_source, n = drawn["source"], drawn["count"]
     if calib_source == "random":
         print(f"  WARNING: calibrating int8 on RANDOM inputs: training data unavailable ({data.error})")
-    bs = 16
+    else:
+        print(f"  int8 calibration: {n} training images, class-stratified (seed {drawn['seed']}), classes {drawn['classes']}")
+    bs = CALIBRATION_BATCH
     batches = [{k: v[i:i + bs].numpy() for k, v in calib.items()} for i in range(0, n, bs)]
     isa = int8_isa(machine(with_gpu=False), settings.reduce_range)
     print(f"  int8 for this CPU: reduce_range {'on' if isa['reduce_range'] else 'off'} ({isa['why']})")
@@ -232,9 +236,9 @@ def _int8(cfg, spec: GraphSpec, fp32_path: Path, out_path: Path, data: ExportDat
             {"format": "QDQ", "activations": _ONNX_INT[quant.activations],
              "weights": _ONNX_INT[quant.weights] + (" per-channel" if quant.per_channel else ""),
              "reduce_range": quant.reduce_range,
-             "calibration": f"MinMax on {n} {calib_source} images"})})
+             "calibration": f"MinMax on {n} {calib_source} images (class-stratified, seed {drawn['seed']})"})})
     result: dict[str, Any] = {"file": out_path.name, "from": fp32_path.name, "calibration_count": n, "isa": isa,
-                              "calibration_source": calib_source, "settings": q.settings,
+                              "calibration_source": calib_source, "calibration": drawn, "settings": q.settings,
                               "fp32_ops": q.fp32_ops, "int8_ops": q.int8_ops, **measured, **record}
     left = ", ".join(f"{k} x{v}" for k, v in sorted(q.fp32_ops.items())) or "none"
     print(f"  {out_path.name}: ops still computing in fp32 after ORT's QDQ fusion: {left}")

@@ -7,8 +7,8 @@ the error of a CVAE's reconstructions (`recon.mae` in its metrics.json) can be r
 also scores the per-class mean image and means of a few same-class images: what a model that
 outputs a blurry class prototype would get.
 
-The test folders are class-sorted, so the images are drawn per class (stratified, seeded): every
-class gets count // classes images. The figures, the count per class and the judge used (its
+The test folders are class-sorted, so the images are drawn per class (harness.data.stratified_indices,
+seeded): every class, in proportion to its size (equal classes: count // classes each). The figures, the count per class and the judge used (its
 path and settings) go to --out as JSON.
 
     python scripts/judge_blur.py --judge runs-cpu/judges/cifar10 --data-root ../shared/data --count 2000 \\
@@ -23,28 +23,16 @@ import numpy as np
 import torch
 
 from harness.config import get_experiment
-from harness.data import build_splits
+from harness.data import build_splits, stratified_indices
 from harness.degrade import class_means, gaussian_blur
 from harness.errors import UserError
 from harness.io import atomic_write_json
 from harness.judge import load_judge
 
 
-def stratified(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """count // classes indices per class present (all of a smaller class), seeded, sorted."""
-    g = torch.Generator().manual_seed(seed)
-    classes = sorted(set(labels.tolist()))
-    per = max(1, count // max(len(classes), 1))
-    picks = []
-    for c in classes:
-        idx = torch.nonzero(labels == c).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=g)[:per]])
-    return torch.cat(picks).sort().values if picks else torch.zeros(0, dtype=torch.long)
-
-
 def measure(judge, test, train, count: int, sigmas, seed: int = 0) -> dict:
     """The blur table, class-mean and small-mean scores, and what was sampled."""
-    idx = stratified(test.labels, count, seed)
+    idx = torch.from_numpy(stratified_indices(test.labels.numpy(), count, seed))
     x, y = test.images[idx].float() / 255, test.labels[idx]
     rows = []
     for s in sigmas:

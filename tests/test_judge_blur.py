@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import torch
 
 from tests.helpers import REPO
@@ -17,17 +18,18 @@ def _script():
 
 
 def test_stratified_takes_the_same_share_of_every_class_and_is_seeded():
-    jb = _script()
-    labels = torch.arange(10).repeat_interleave(30)  # class-sorted, like the CIFAR-10 test folders
-    idx = jb.stratified(labels, 50, seed=3)
-    assert torch.bincount(labels[idx], minlength=10).tolist() == [5] * 10
-    assert torch.equal(idx, jb.stratified(labels, 50, seed=3)) and not torch.equal(idx, jb.stratified(labels, 50, 4))
-    assert torch.bincount(labels[jb.stratified(labels, 1000, 0)]).tolist() == [30] * 10  # capped by the class size
+    from harness.data import stratified_indices
+
+    labels = np.arange(10).repeat(30)  # class-sorted, like the CIFAR-10 test folders
+    idx = stratified_indices(labels, 50, seed=3)
+    assert np.bincount(labels[idx], minlength=10).tolist() == [5] * 10
+    assert np.array_equal(idx, stratified_indices(labels, 50, 3)) and not np.array_equal(idx, stratified_indices(labels, 50, 4))
+    assert np.bincount(labels[stratified_indices(labels, 1000, 0)]).tolist() == [30] * 10  # capped by the class size
 
 
 def test_writes_counts_and_the_judge_it_used(tmp_path, data_root):
     from harness.config import get_experiment
-    from harness.data import build_splits
+    from harness.data import build_splits, stratified_indices
     from harness.judge import load_judge, train_judge
 
     jb = _script()
@@ -41,7 +43,7 @@ def test_writes_counts_and_the_judge_it_used(tmp_path, data_root):
     assert doc["judge"]["settings"]["dataset"] == "cifar10" and "history" not in doc["judge"]["settings"]
     # sigma 0 is the judge's own score of the sampled real images
     test = build_splits(get_experiment("cvae-cifar10"), data_root)["test"]
-    idx = jb.stratified(test.labels, 10, 0)
+    idx = torch.from_numpy(stratified_indices(test.labels.numpy(), 10, 0))
     judge = load_judge(jdir)
     assert doc["blur"][0] == {"sigma": 0.0, "mae": 0.0,
                               "accuracy": judge.score(test.images[idx].float() / 255, test.labels[idx])}
