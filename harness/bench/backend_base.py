@@ -23,6 +23,7 @@ class Backend:
     family: str = "?"          # "torch" (runs RUN/model.safetensors) or "ort" (runs RUN/onnx/<precision>)
     gpu: bool = False          # computes on a GPU only (its figures are never compared with a CPU peak)
     runs_onnx: bool = False    # runs RUN/onnx/<precision> (ORT's and OpenVINO's backends): the bench checks them
+    library: str | None = None  # harness.hardware's library for native-vs-emulated (None: `family`)
 
     @classmethod
     def available(cls, device) -> tuple[bool, str]:
@@ -59,6 +60,11 @@ class Backend:
     def form(self) -> dict:
         """What exactly is timed (graph form, weights, TF32, IO binding), recorded per record."""
         raise NotImplementedError
+
+    @property
+    def graph_rewrites(self) -> dict[str, str]:
+        """name -> what: the function-preserving rewrites (exports.onnx_export.REWRITES) of the graph it runs."""
+        return {}
 
     def model_file(self) -> Path | None:
         """The file it runs (for its size and sha256)."""

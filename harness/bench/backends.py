@@ -28,6 +28,7 @@ class TorchEager(Backend):
     name, precision, family = "torch-eager", "fp32", "torch"
     channels_last = False
     dtype_name: str | None = None   # weights converted once to this dtype (bf16/fp16)
+    graph_options: dict = {}        # extra exports.onnx_export.graph_specs rewrites (e.g. pixel_shuffle_up)
 
     def load(self, job: dict, threads: int, device) -> None:
         import torch
@@ -38,9 +39,9 @@ class TorchEager(Backend):
         self.device, self.task = device, job["task"]
         self.cfg, model = load_run(job["run_dir"])
         self.weights = Path(job["run_dir"]) / WEIGHTS_FILE
-        spec = graph_specs(self.cfg, model, fold_batchnorm=True)[0]
+        spec = graph_specs(self.cfg, model, fold_batchnorm=True, **self.graph_options)[0]
         self.rewrites = list(spec.rewrites)
-        net = spec.module.eval().to(device.torch)
+        net = self._transform(spec.module.eval(), job).to(device.torch)
         self.dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[self.dtype_name]) \
             if self.dtype_name else None
         if self.dtype is not None:
@@ -48,6 +49,16 @@ class TorchEager(Backend):
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = self.fn = net
+
+    def _transform(self, net, job: dict):
+        """The module as this backend runs it (torch int8 quantizes it here); eager: unchanged."""
+        return net
+
+    @property
+    def graph_rewrites(self) -> dict[str, str]:
+        """Function-preserving rewrites of the exported graph form this backend runs (name -> what)."""
+        from exports.onnx_export import REWRITES
+        return {k: REWRITES[k] for k in self.rewrites}
 
     @property
     def form(self) -> dict:
@@ -143,6 +154,11 @@ class TorchCompile(TorchEager):
     (an empty TORCHINDUCTOR_CACHE_DIR) and then WARM (torch._dynamo.reset() and the same call again,
     the inductor cache now filled); both first-call seconds are returned.
 
+    Compiled with inductor freezing (weights folded in as constants, oneDNN weights prepacked). No
+    channels_last variant: with oneDNN on the CPU inductor already runs every conv graph channels_last
+    (torch/_inductor/graph.py decide_layout_opt), so a channels_last input would change only the copy
+    at the graph's entry.
+
     job["compile_cache"] (the bench's worker sets it per run and rank) is kept across the backend's
     fresh worker processes (--processes): the first compiles cold, the later ones load the filled
     cache (one warm compile, labelled so), which keeps a respawn from costing a cold compile each."""
@@ -173,8 +189,16 @@ class TorchCompile(TorchEager):
 
     def _compile(self):
         import torch
+        import torch._inductor.config as inductor_config
 
+        # freezing: weights become constants, so inductor folds them into its kernels (and prepacks
+        # oneDNN weights); valid because the timed calls run under inference_mode on fixed weights
+        inductor_config.freezing = True
         self.fn = torch.compile(self.net, dynamic=False)
+
+    @property
+    def form(self) -> dict:
+        return {**super().form, "compile": "torch.compile(dynamic=False), inductor freezing=True"}
 
     def _first_call(self, batch_size: int) -> float:
         x = example_inputs(self.cfg, batch_size)
@@ -212,9 +236,13 @@ class TorchCompile(TorchEager):
             shutil.rmtree(self._cache, ignore_errors=True)
 
 
-REGISTRY: dict[str, type[Backend]] = {c.name: c for c in (
-    TorchEager, TorchChannelsLast, TorchBF16, TorchFP16, TorchCompile,
-    OrtFP32, OrtInt8, OrtCuda, OrtCudaFP16, OrtTensorRT, OpenVinoFP32, OpenVinoInt8)}
+def _registry() -> dict[str, type[Backend]]:
+    from harness.bench.backends_torch_int8 import TorchInt8  # subclasses TorchCompile: imported after it
+    return {c.name: c for c in (TorchEager, TorchChannelsLast, TorchBF16, TorchFP16, TorchCompile, TorchInt8,
+                                OrtFP32, OrtInt8, OrtCuda, OrtCudaFP16, OrtTensorRT, OpenVinoFP32, OpenVinoInt8)}
+
+
+REGISTRY: dict[str, type[Backend]] = _registry()
 
 
 def example_inputs(cfg, batch_size: int) -> dict[str, np.ndarray]:

@@ -74,6 +74,13 @@ class OrtBackend(Backend):
                 "device": str(self.device) if self.gpu else "cpu", "opt_level": self.opt_level,
                 "spinning": self.spinning}
 
+    @property
+    def graph_rewrites(self) -> dict[str, str]:
+        """The rewrites the exported graph carries in its metadata (ORT int8's UNet graph is made from
+        a rewritten fp32 graph: ConvTranspose as 1x1 Conv + DepthToSpace)."""
+        rewrites = self.sess.metadata.get("graph_rewrites")
+        return dict(rewrites) if isinstance(rewrites, dict) else {}
+
     def _feed(self, inputs: dict) -> dict:
         return {k: np.ascontiguousarray(inputs[k]) for k in INPUT_NAMES[self.task]}
 

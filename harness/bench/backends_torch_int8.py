@@ -1,0 +1,98 @@
+"""torch-int8: PyTorch's own best int8 path on the CPU, the reference ORT int8 is measured against.
+
+PT2E static quantization (torchao.quantization.pt2e) with the x86 inductor quantizer's default
+config (activations uint8 per tensor, weights int8 per channel, symmetric), then torch.compile with
+inductor freezing, which lowers the quantize/dequantize pattern around each conv to oneDNN's int8
+convolution (onednn::qconv_pointwise). It runs the graph ORT int8 runs: the UNet with the same
+rewrites (BatchNorm folded, ConvTranspose as 1x1 Conv + pixel shuffle), calibrated on the same
+training images (harness.export_data.calibration_inputs with the count and seed RUN/onnx/export.json
+recorded for ORT int8), and is gated on accuracy like every backend.
+
+On a CPU without VNNI (AVX2 only) oneDNN still runs real int8 kernels (vpmaddubsw), not an
+emulation; the bench's figures say how fast that is on the machine at hand.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.bench.backends import TorchCompile
+from harness.bench.backends_ort import INPUT_NAMES
+
+QUANTIZER = ("PT2E, torchao X86InductorQuantizer default config: static, activations uint8 per tensor "
+             "(HistogramObserver), weights int8 per channel (symmetric)")
+
+
+def _pt2e():
+    """(prepare_pt2e, convert_pt2e, X86InductorQuantizer, default config) from torchao (torch >= 2.10 moved
+    PT2E there) or, on an older torch, from torch.ao."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    except ImportError:
+        from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torch.ao.quantization.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    return prepare_pt2e, convert_pt2e, X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+
+def calibration_settings(run_dir) -> tuple[int, int, str]:
+    """(count, seed, where from) of ORT int8's calibration, as RUN/onnx/export.json recorded it."""
+    from harness.export_data import CALIBRATION_SEED
+    from harness.export_stage import EXPORT_JSON
+
+    path = Path(run_dir) / "onnx" / EXPORT_JSON
+    try:
+        int8 = json.loads(path.read_text()).get("int8") or {}
+    except (OSError, ValueError):
+        int8 = {}
+    drawn = int8.get("calibration") or {}
+    if "count" in drawn and "seed" in drawn:
+        return int(drawn["count"]), int(drawn["seed"]), f"{path.name}: ORT int8's calibration set"
+    return 128, CALIBRATION_SEED, f"export's defaults ({path.name} records no class-stratified int8 calibration)"
+
+
+class TorchInt8(TorchCompile):
+    name, precision = "torch-int8", "int8"
+    graph_options = {"pixel_shuffle_up": True}  # the graph ORT int8 is made from (UNet; CVAEs have none)
+
+    @classmethod
+    def available(cls, device):
+        if device.kind != "cpu":
+            return False, "the x86 inductor quantizer targets the CPU (oneDNN int8 kernels); run with --device cpu"
+        try:
+            _pt2e()
+        except ImportError as e:
+            return False, f"PT2E quantization not importable (pip install torchao): {e}"
+        return super().available(device)
+
+    def _transform(self, net, job: dict):
+        """PT2E: export with a dynamic batch, insert observers, calibrate, convert to quantize/dequantize."""
+        import torch
+
+        from harness.export_data import CALIBRATION_BATCH, ExportData, calibration_inputs
+
+        prepare_pt2e, convert_pt2e, Quantizer, default_config = _pt2e()
+        count, seed, source = calibration_settings(job["run_dir"])
+        calib, drawn = calibration_inputs(self.cfg, ExportData(self.cfg, job.get("data_root")), count, seed)
+        self.calibration = {**drawn, "settings_from": source}
+        names = INPUT_NAMES[self.task]
+        batch = torch.export.Dim("batch", min=1)
+        example = tuple(calib[k][:CALIBRATION_BATCH] for k in names)
+        exported = torch.export.export(net, example, dynamic_shapes=tuple({0: batch} for _ in names)).module()
+        quantizer = Quantizer()
+        quantizer.set_global(default_config())
+        observed = prepare_pt2e(exported, quantizer)
+        n = len(calib[names[0]])
+        with torch.no_grad():
+            for lo in range(0, n, CALIBRATION_BATCH):
+                observed(*(calib[k][lo:lo + CALIBRATION_BATCH] for k in names))
+        return convert_pt2e(observed)
+
+    @property
+    def form(self) -> dict:
+        c = self.calibration
+        return {**super().form, "quantization": QUANTIZER,
+                "calibration": f"{c['count']} {c['source']} images, {c['sampler']}, seed {c['seed']}, classes "
+                               f"{c['classes']} ({c['settings_from']})"}

@@ -1,0 +1,132 @@
+"""torch-int8 (PT2E, x86 inductor quantizer, compiled with freezing) on tiny runs: outputs close to
+fp32 and the accuracy gate passes; it is calibrated on the class-stratified set ORT int8 was; every
+backend names the graph rewrites it runs. Also the stratified calibration sampler on the fixtures."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harness.bench.backends import REGISTRY, TorchEager
+from harness.bench.backends_ort import OrtFP32, OrtInt8, onnx_path
+from harness.bench.device import Device
+from harness.config import get_experiment
+from harness.run_folder import load_run
+from tests.test_bench import _make_run
+
+CPU = Device("cpu", None)
+pytestmark = pytest.mark.skipif(not REGISTRY["torch-int8"].available(CPU)[0],
+                                reason=str(REGISTRY["torch-int8"].available(CPU)[1]))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_root):
+    from harness.export_stage import export_run
+
+    root = tmp_path_factory.mktemp("int8-runs")
+    unet = _make_run(root / "unet", get_experiment("unet-mp-tr-bce").with_base_channels(4).replace(image_size=32),
+                     data_root)
+    cvae = _make_run(root / "cvae", get_experiment("cvae-mnist").with_base_channels(4), data_root)
+    for r in (unet, cvae):
+        export_run(r, quantize="int8", data_root=data_root, calib_count=8)
+    return {"unet": unet, "cvae": cvae}
+
+
+def _job(run, data_root):
+    cfg, _ = load_run(run)
+    return {"run_dir": str(run), "task": cfg.task, "data_root": str(data_root),
+            "onnx": {p: {"path": str(onnx_path(run, cfg.task, p))} for p in ("fp32", "int8")}}
+
+
+def test_stratified_calibration_covers_every_class(data_root):
+    """A class of 1 in 51 items still gets one of 5 draws (a plain proportional share gives it 0);
+    3 pet images from 3 breeds and 10 digits from 10: one of each; seeded: the same set twice."""
+    from harness.data import build_splits, class_labels, stratified_indices
+    from harness.export_data import ExportData, calibration_inputs
+
+    rare = np.array([0] * 50 + [1])
+    assert np.bincount(rare[stratified_indices(rare, 5, seed=0)]).tolist() == [4, 1]
+    assert len(stratified_indices(rare, 1, seed=0)) == 1  # fewer draws than classes: still n
+    pets = get_experiment("unet-mp-tr-bce").replace(image_size=32)
+    train = build_splits(pets.replace(augment=False), data_root)["train"]
+    labels = class_labels(train)
+    x, drawn = calibration_inputs(pets, ExportData(pets, data_root), 3)
+    assert drawn["class_counts"] == [1, 1, 1] and drawn["classes"] == "3 of 3" and x["image"].shape[0] == 3
+    images = torch.stack([train[i][0] for i in range(len(train))])
+    picked = [int(torch.nonzero((images == im).flatten(1).all(1))[0]) for im in x["image"]]
+    assert sorted(set(labels[picked].tolist())) == [0, 1, 2]
+    mnist = get_experiment("cvae-mnist")
+    y, drawn = calibration_inputs(mnist, ExportData(mnist, data_root), 10)
+    assert sorted(y["label"].tolist()) == list(range(10)) and drawn["class_counts"] == [1] * 10
+    again, _ = calibration_inputs(mnist, ExportData(mnist, data_root), 10)
+    assert torch.equal(again["image"], y["image"]) and torch.equal(again["eps"], y["eps"])
+
+
+def test_export_records_the_stratified_calibration(runs):
+    doc = json.loads((runs["unet"] / "onnx" / "export.json").read_text())
+    cal = doc["int8"]["calibration"]
+    assert cal["sampler"].startswith("harness.data.stratified_indices") and cal["classes"] == "3 of 3"
+    assert cal["count"] == doc["int8"]["calibration_count"] and sum(cal["class_counts"]) == cal["count"]
+
+
+def _test_inputs(run, data_root, n: int = 6) -> dict:
+    from harness.bench.accuracy import prepare_inputs
+
+    cfg, _ = load_run(run)
+    folder = run.parent / f"{run.name}-inputs"
+    prepare_inputs(cfg, data_root, n, 0, folder)
+    return {k: np.load(folder / f"{k}.npy")[:n] for k in (("image",) if cfg.task == "segmentation"
+                                                             else ("image", "label", "new_label", "eps"))}
+
+
+@pytest.mark.parametrize("kind", ["unet", "cvae"])
+def test_torch_int8_as_close_to_fp32_as_ort_int8(runs, data_root, kind):
+    """On real test images, torch int8's error against fp32 is of ORT int8's order (same graph, same
+    calibration images), not zero (it is quantized) and not broken; compiled with freezing."""
+    from harness.bench.backends_torch_int8 import TorchInt8
+
+    run = runs[kind]
+    job = _job(run, data_root)
+    x = _test_inputs(run, data_root)
+    backends = {"eager": TorchEager(), "torch-int8": TorchInt8(), "ort-fp32": OrtFP32(), "ort-int8": OrtInt8()}
+    for b in backends.values():
+        b.load(job, 1, CPU)
+    c = backends["torch-int8"].prepare(len(x["image"]))
+    assert c["cold"] > 0 and c["warm"] > 0
+    out = {k: b(x) for k, b in backends.items()}
+    torch_err = float(np.abs(out["torch-int8"] - out["eager"]).mean())
+    ort_err = float(np.abs(out["ort-int8"] - out["ort-fp32"]).mean())
+    scale = float(np.abs(out["eager"]).mean())
+    assert 0 < torch_err <= max(3 * ort_err, 0.02 * scale), (torch_err, ort_err, scale)
+    if kind == "unet":  # the decision (mask = logits > 0) agrees with fp32's about as often as ORT int8's does
+        agree = {k: float(((out[k] > 0) == (out[ref] > 0)).mean()) for k, ref in (("torch-int8", "eager"),
+                                                                                  ("ort-int8", "ort-fp32"))}
+        assert agree["torch-int8"] >= agree["ort-int8"] - 0.1, agree
+    q = backends["torch-int8"]
+    ort_cal = json.loads((run / "onnx" / "export.json").read_text())["int8"]["calibration"]
+    assert {k: q.calibration[k] for k in ("count", "seed", "class_counts")} == \
+        {k: ort_cal[k] for k in ("count", "seed", "class_counts")}
+    assert "export.json" in q.calibration["settings_from"]
+    assert "freezing=True" in q.form["compile"] and "X86InductorQuantizer" in q.form["quantization"]
+    assert set(q.graph_rewrites) == ({"fold_batchnorm", "pixel_shuffle_up"} if kind == "unet" else set())
+    for b in backends.values():
+        b.close()
+
+
+def test_every_backend_names_its_graph_rewrites(runs, data_root):
+    """ORT int8's UNet graph was rewritten (ConvTranspose as 1x1 Conv + DepthToSpace), ORT fp32's
+    and torch eager's were not; the CVAE graphs carry no rewrite."""
+    unet, cvae = _job(runs["unet"], data_root), _job(runs["cvae"], data_root)
+    got = {}
+    for cls in (TorchEager, OrtFP32, OrtInt8):
+        for job in (unet, cvae):
+            b = cls() if cls is TorchEager else cls(opt_level="all")
+            b.load(job, 1, CPU)
+            got[(cls.name, job["task"])] = set(b.graph_rewrites)
+            if cls is OrtInt8 and job is unet:
+                assert "DepthToSpace" in b.graph_rewrites["pixel_shuffle_up"]
+    assert got == {("torch-eager", "segmentation"): {"fold_batchnorm"}, ("torch-eager", "cvae"): set(),
+                   ("ort-fp32", "segmentation"): {"fold_batchnorm"}, ("ort-fp32", "cvae"): set(),
+                   ("ort-int8", "segmentation"): {"fold_batchnorm", "pixel_shuffle_up"}, ("ort-int8", "cvae"): set()}
