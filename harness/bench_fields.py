@@ -83,7 +83,8 @@ def interval(rec: dict, metric: str) -> tuple[float, float] | None:
 
 
 def accuracy(rec: dict, doc: dict | None = None) -> dict:
-    """{"value", "metric", "count", "pass"}: higher is better. An `accuracy` field if the schema has
+    """{"value", "metric", "count", "pass", "marginal", "ratio_ci"}: higher is better (marginal: the gate's
+    bootstrap interval of the ratio straddles the target). An `accuracy` field if the schema has
     one, else Dice (segmentation) or the judge's label-swap success (cvae, when judged)."""
     gate = rec.get("accuracy_gate")
     metric = rec.get("accuracy_metric") or (gate.get("metric") if isinstance(gate, dict) else None)
@@ -99,7 +100,9 @@ def accuracy(rec: dict, doc: dict | None = None) -> dict:
         count = used.get(rec.get("run")) if isinstance(used, dict) else None
     passed = rec.get("accuracy_pass")
     return {"value": v, "metric": metric, "count": count if isinstance(count, int) else None,
-            "pass": passed if isinstance(passed, bool) else None}
+            "pass": passed if isinstance(passed, bool) else None,
+            "marginal": bool(gate.get("marginal")) if isinstance(gate, dict) else False,
+            "ratio_ci": gate.get("ratio_ci") if isinstance(gate, dict) else None}
 
 
 def stability(rec: dict) -> tuple[bool | None, list[str]]:

@@ -49,12 +49,13 @@ def _base(ctx, job: dict, name: str, ranks: list[dict], acc: dict, gate: dict) -
         "run": job["run"], "experiment": job["experiment"], "task": job["task"], "backend": name,
         "precision": cls.precision, "precision_status": status, "precision_why": why,
         "flops_per_sample": job["flops_per_sample"],
-        "peak_rss_mb": finish[0]["peak_rss_mb"], "torch_in_process": finish[0]["torch_imported"],
+        "peak_rss_mb": finish[0]["peak_rss_mb"], "peak_rss_serving_mb": finish[0].get("peak_rss_serving_mb"),
+        "accuracy_inputs_mb": finish[0].get("accuracy_inputs_mb"), "torch_in_process": finish[0]["torch_imported"],
         "model_bytes": load["model_bytes"], "model_file": model_file, "model_sha256": sha,
         "export_config_hash": job["export_config_hash"] if getattr(cls, "runs_onnx", False) else None,
         "run_config_hash": job["run_config_hash"], "threads": ctx.threads, "isolated": ctx.isolated,
         "device": "cpu" if getattr(cls, "runs_onnx", False) and not getattr(cls, "gpu", False) else str(ctx.device),
-        "form": load["form"], "_compile": load["compile_s"], "worker_pids": load.get("pids"),
+        "form": load["form"], "graph_rewrites": load.get("graph_rewrites"), "_compile": load["compile_s"], "worker_pids": load.get("pids"),
         **{k: v for k, v in acc.items() if not k.startswith("_")},
         "accuracy_subset": job["subset"], "accuracy_pass": gate["pass"], "accuracy_gate": gate,
         "world_size": ctx.dist.world,
@@ -90,7 +91,7 @@ def _run_records(ctx, job: dict, per_rank: list[dict]) -> list[dict]:
             continue
         acc = accuracy.figures(job["task"], [r["acc"] for r in ranks], folder, None if name == REFERENCE else ref, judge)
         acc["dice_delta"] = None if acc["dice"] is None else acc["dice"] - ref["dice"]
-        gate = accuracy.gate(job["task"], acc, ref, ctx.cfg.accuracy_target)
+        gate = accuracy.gate(job["task"], acc, ref, ctx.cfg.accuracy_target, seed=ctx.cfg.seed)
         base = _base(ctx, job, name, ranks, acc, gate)
         compile_map = base.pop("_compile")
         for key, rounds in ranks[0]["rounds"].items():

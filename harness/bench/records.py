@@ -19,8 +19,8 @@ RECORD_FIELDS = (
     "latency_ms", "latency_ms_ci", "latency_pooled_ms",
     "early_stopping_ms", "percentile_ok", "queries", "queries_per_round", "duration_s",
     "speedup", "speedup_p50", "flops_per_sample", "gflops_per_s", "pct_of_peak", "peak_rss_mb",
-    "torch_in_process", "model_bytes", "model_file", "model_sha256", "export_config_hash", "run_config_hash",
-    "threads", "isolated", "worker_pids", "device", "form", "timing_includes_h2d", "h2d_ms", "compile_s",
+    "peak_rss_serving_mb", "accuracy_inputs_mb", "torch_in_process", "model_bytes", "model_file", "model_sha256", "export_config_hash", "run_config_hash",
+    "threads", "isolated", "worker_pids", "device", "form", "graph_rewrites", "timing_includes_h2d", "h2d_ms", "compile_s",
     "dice", "iou", "dice_delta", "max_abs_err", "mean_abs_err", "judge_acc", "accuracy_count",
     "accuracy_subset", "accuracy_pass", "accuracy_gate", "stable", "unstable_reasons", "loadgen_valid",
     "loadgen_reasons", "rank", "world_size",
@@ -164,7 +164,19 @@ def accuracy_text(r: dict) -> str:
         if r.get("judge_acc") is not None:
             txt += f" judge {r['judge_acc']:.3f}"
     verdict = {True: "pass", False: "FAIL", None: "?"}[acc["pass"]]
+    if acc["marginal"]:
+        verdict += " marginal"
     return f"{txt} n={n} {verdict}"
+
+
+def gate_margin_text(gate: dict | None) -> str:
+    """'ratio 0.991 [0.987-0.995] (95% paired bootstrap over 8000 images) straddles 0.99: marginal'."""
+    ci = (gate or {}).get("ratio_ci")
+    if not ci or gate.get("ratio") is None:
+        return ""
+    where = "straddles" if gate.get("marginal") else ("clears" if ci["lo"] >= gate["target"] else "is below")
+    return (f"ratio {gate['ratio']:.4f} [{ci['lo']:.4f}-{ci['hi']:.4f}] ({ci['coverage']:.0%} paired bootstrap over "
+            f"{ci['n']} images, seed {ci['seed']}) {where} {gate['target']}" + (": marginal" if gate.get("marginal") else ""))
 
 
 def verdict_text(r: dict) -> str:

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness.bench import accuracy, records, trackers
+from harness.bench import accuracy, records, trackers, verdicts
 from harness.bench.backend_base import INPUT_NAMES
 from harness.bench.backends import REGISTRY
 from harness.bench.assemble import assemble
@@ -91,6 +91,7 @@ def run_bench(run_dirs, cfg: BenchConfig | None = None, data_root=None, out=BENC
         return {}
     path = atomic_write_json(out, doc)
     print(records.format_table(doc["results"]), flush=True)
+    print(verdicts.format_verdicts(doc["verdicts"]), flush=True)
     for k, v in ctx.skipped.items():
         print(f"skipped {k}: {v.splitlines()[0] if v else v}", flush=True)
     print(str(path), flush=True)
@@ -196,7 +197,7 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
     module = graph_specs(exp_cfg, model, fold_batchnorm=True)[0].module
     arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in INPUT_NAMES[exp_cfg.task]}
     return {"run": run_dir.name, "run_dir": str(run_dir), "experiment": exp_cfg.name, "task": exp_cfg.task,
-            "dataset": exp_cfg.dataset, "dir": str(folder), **inputs,
+            "dataset": exp_cfg.dataset, "dir": str(folder), "data_root": str(data_root), **inputs,
             "flops_per_sample": trackers.flops_per_sample(module, exp_cfg.task, arrays),
             "run_config_hash": exp_cfg.hash(), "export_config_hash": prov["config_hash"],
             "onnx": _onnx_files(run_dir, exp_cfg.task, ort_precisions, ctx.workdir)}
@@ -357,9 +358,10 @@ def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[
     for k in _live(backends):
         b = backends[k]
         b.finish = fin = _safe(ctx, b.job, b, "finish")
-        earlier = [f["peak_rss_mb"] for f in b.finish_earlier if f.get("peak_rss_mb") is not None]
-        if fin is not None and earlier and fin.get("peak_rss_mb") is not None:
-            fin["peak_rss_mb"] = max([fin["peak_rss_mb"], *earlier])  # the highest of its processes
+        for key in ("peak_rss_mb", "peak_rss_serving_mb"):  # the highest of its processes
+            seen = [f[key] for f in b.finish_earlier if f.get(key) is not None]
+            if fin is not None and seen and fin.get(key) is not None:
+                fin[key] = max([fin[key], *seen])
     per_job = [{} for _ in jobs]
     for b in backends.values():
         per_job[b.side][b.name] = b.result()
@@ -480,5 +482,6 @@ def measure(ctx: Ctx, run_dirs: list[Path], argv, sides: list[str] | None = None
                    "data_root": None if ctx.data_root is None else str(ctx.data_root),
                    "runs": [str(r) for r in run_dirs], "elapsed_s": time.perf_counter() - ctx.t_start},
         "skipped": ctx.skipped,
+        "verdicts": verdicts.verdicts(results),
         "results": results,
     }

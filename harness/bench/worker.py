@@ -8,7 +8,8 @@ in process (launchers.LocalWorker, distributed runs). Commands:
   measure   {scenario, batch_size, timing, rate?, bound_ms?, seed}   one round -> Measurement.pack()
   search    {start_rate, bound_ms, timing, seed}                     highest rate meeting the bound
   accuracy  {batch_size}               this rank's shard of the test inputs -> outputs saved as .npy
-  finish    {}                         peak RSS of this run, whether torch was ever imported here
+  finish    {}                         peak RSS of this run (whole, and serving: without the accuracy
+                                       pass over the test split), whether torch was ever imported here
 
 This module imports neither torch nor anything that does (ORT workers must stay torch-free).
 """
@@ -57,17 +58,23 @@ class Worker:
         self.backend = REGISTRY[self.name].from_settings(self.settings)
         # torch.compile's inductor cache: one per run and rank, kept across this backend's fresh processes
         job = self.job = {**job, "compile_cache": str(Path(job["dir"]) / f"inductor-{self.name}-r{self.rank}")}
-        self.arrays = {k: np.load(Path(job["dir"]) / f"{k}.npy", mmap_mode="r", allow_pickle=False)
-                       for k in INPUT_NAMES[job["task"]]}
+        self._map_inputs()
         self.backend.load(job, self.settings["threads"], self.device)
         compile_s = {}
         for b in self.settings["batch_sizes"]:
             c = self.backend.prepare(b)
             if c is not None:
                 compile_s[str(b)] = c
+        self.peak_mb = {"load": trackers.peak_rss_mb()[0]}
         path = self.backend.model_file()
-        return {"form": self.backend.form, "compile_s": compile_s, "pid": os.getpid(),
-                "model_bytes": trackers.files_size(path) if path else None}
+        return {"form": self.backend.form, "graph_rewrites": getattr(self.backend, "graph_rewrites", {}),
+                "compile_s": compile_s, "pid": os.getpid(), "model_bytes": trackers.files_size(path) if path else None}
+
+    def _map_inputs(self):
+        """The test inputs, memory-mapped: only the pages a command touches become resident (a fresh map
+        after the accuracy pass drops the whole split from this process's RSS)."""
+        self.arrays = {k: np.load(Path(self.job["dir"]) / f"{k}.npy", mmap_mode="r", allow_pickle=False)
+                       for k in INPUT_NAMES[self.job["task"]]}
 
     def _inputs(self, b: int) -> dict:
         n = len(next(iter(self.arrays.values())))
@@ -100,22 +107,35 @@ class Worker:
         sample; segmentation keeps the predicted mask (logits > 0) as uint8."""
         n = len(next(iter(self.arrays.values())))
         shard = np.array_split(np.arange(n), self.world)[self.rank]
-        outs = []
+        path, out = Path(self.job["dir"]) / f"out-{self.name}-r{self.rank}.npy", None
         for lo in range(0, len(shard), batch_size):
             idx = shard[lo:lo + batch_size]
             padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])]) if len(idx) < batch_size else idx
             y = np.asarray(self.backend(_take(self.arrays, padded))[:len(idx)])
-            outs.append((y > 0).astype(np.uint8) if self.job["task"] == "segmentation" else y.astype(np.float32))
-        if not outs:
+            y = (y > 0).astype(np.uint8) if self.job["task"] == "segmentation" else y.astype(np.float32)
+            if out is None:  # written batch by batch into the file: the outputs never sit in this process's heap
+                out = np.lib.format.open_memmap(path, mode="w+", dtype=y.dtype, shape=(len(shard), *y.shape[1:]))
+            out[lo:lo + len(idx)] = y
+        if out is None:
             return {"outputs": None, "count": 0}
-        path = Path(self.job["dir"]) / f"out-{self.name}-r{self.rank}.npy"
-        np.save(path, np.concatenate(outs))
+        out.flush()
+        del out
+        # the accuracy pass touched the whole split: its peak is kept apart, the split unmapped, and the
+        # peak reset, so the serving peak (load + timed rounds) holds the model and a batch, not the test set
+        self.peak_mb["accuracy"] = trackers.peak_rss_mb()[0]
+        self._map_inputs()
+        trackers.reset_peak_rss()
         return {"outputs": str(path), "count": int(len(shard))}
 
     def op_finish(self) -> dict:
+        """peak_rss_mb: the whole run's peak (the accuracy pass over the memory-mapped test split
+        included); peak_rss_serving_mb: load and timed rounds only, without the test inputs."""
         rss, method = trackers.peak_rss_mb()
+        peaks = getattr(self, "peak_mb", {})
+        inputs_mb = sum(a.nbytes for a in self.arrays.values()) / 2**20 if getattr(self, "arrays", None) else None
         self._close()
-        return {"peak_rss_mb": rss, "rss_method": method, "torch_imported": "torch" in sys.modules}
+        return {"peak_rss_mb": max([rss, *peaks.values()]), "peak_rss_serving_mb": max(rss, peaks.get("load", 0.0)),
+                "accuracy_inputs_mb": inputs_mb, "rss_method": method, "torch_imported": "torch" in sys.modules}
 
     def _close(self):
         if self.backend is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from harness import bench_fields as bf
 from harness.bench.config import REFERENCE
+from harness.bench.records import gate_margin_text
 from harness.report.model import DASH, Results, Table, as_number, as_text, dig, fmt, fmt_pct
 
 
@@ -57,6 +58,8 @@ def _bench_verdicts(rs: list[dict]) -> tuple[str, str]:
     gate = next((r for r in rs if bf.accuracy(r)["pass"] is not None), None)
     acc = DASH if gate is None else ("pass" if bf.accuracy(gate)["pass"] else
                                      "FAIL: " + "; ".join(dig(gate, "accuracy_gate", "reasons") or []))
+    if gate is not None and bf.accuracy(gate)["marginal"]:
+        acc = f"marginal {acc} ({gate_margin_text(gate['accuracy_gate'])})"
     verdicts = [bf.stability(r) for r in rs]
     if all(ok is None for ok, _ in verdicts):
         return acc, DASH
@@ -104,7 +107,7 @@ def bench_table(records: list[dict]) -> Table:
     cols = (["backend", "precision", "p50 ms", "p90 ms", "p99 ms", "queries/round"]
             + [f"samples/s @bs{b}" for b in batch_sizes]
             + ["best % of peak", *acc_cols, "accuracy n", "accuracy gate", "speed-up p50", "speed-up best throughput",
-               "peak RSS MB", "verdict"])
+               "peak RSS MB (serving)", "verdict"])
     rows = []
     for (backend, precision), rs in by_backend.items():
         s = ss(rs) or {}
@@ -127,7 +130,8 @@ def bench_table(records: list[dict]) -> Table:
         p90, p99 = bf.value(s, "p90"), bf.value(s, "p99")
         p90_cell = fmt(p90, 2) + ("*" if dig(s, "percentile_ok", "p90") is False and p90 is not None else "")
         p99_cell = fmt(p99, 2) + ("*" if dig(s, "percentile_ok", "p99") is False and p99 is not None else "")
-        rss = max((x for x in (as_number(r.get("peak_rss_mb")) for r in rs) if x is not None), default=None)
+        rss = max((x for x in (as_number(r.get("peak_rss_serving_mb") if r.get("peak_rss_serving_mb") is not None
+                                         else r.get("peak_rss_mb")) for r in rs) if x is not None), default=None)
         gate, verdict = _bench_verdicts(rs)
         rows.append([
             as_text(backend), _precision_cell(precision, rs), _ci_cell(p50, bf.interval(s, "p50"), 2), p90_cell, p99_cell,
@@ -140,7 +144,9 @@ def bench_table(records: list[dict]) -> Table:
     cov = next((as_number(r.get("ci_coverage")) for r in records if as_number(r.get("ci_coverage"))), None)
     note = (f"; [a-b]: order-statistic interval of the median over rounds (true coverage {100 * cov:.1f}%), "
             "speed-ups paired by round; * percentile from fewer queries than MLPerf LoadGen's minimum") if cov else ""
-    return Table(cols, rows, f"latency: single-stream, batch 1; speed-up vs {REFERENCE}{note}")
+    rss_note = ("; peak RSS (serving): load and timed rounds, without the accuracy pass over the memory-mapped "
+                "test split" if any(r.get("peak_rss_serving_mb") is not None for r in records) else "")
+    return Table(cols, rows, f"latency: single-stream, batch 1; speed-up vs {REFERENCE}{note}{rss_note}")
 
 
 def server_table(records: list[dict]) -> Table | None:

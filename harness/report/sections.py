@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from harness.figures import OVERLAY_LEGEND
+from harness.bench.verdicts import verdicts
 from harness.report.bench_tables import bench_groups, bench_table, server_table
 from harness.report.collect import _safe_name, groups, read_png
 from harness.report.model import Block, Figure, Results, Table, as_number, as_text, dig, fmt
@@ -118,6 +119,7 @@ def _bench_section(res: Results, figures: list[Figure]) -> list[Block]:
         blocks.append(Block("p", "Benchmark: not run (bench.json has no results)."))
     for name, recs in bg.items():
         blocks.append(Block("h3", name))
+        blocks += [Block("p", f"Verdict: {v['text']}") for v in verdicts(recs)]  # the one line first
         blocks.append(Block("table", bench_table(recs)))
         st = server_table(recs)
         if st is not None:
