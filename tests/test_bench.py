@@ -60,16 +60,20 @@ def _make_run(run_dir: Path, cfg, data_root) -> Path:
     return make_run(run_dir, cfg, seed=cfg.seed, centre_on=centre_on)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, data_root):
+def tiny_exported_runs(root: Path, data_root) -> dict[str, Path]:
+    """A 4-channel UNet (32 px) and MNIST CVAE, exported with int8 (calibrated on 8 images)."""
     from harness.export_stage import export_run
 
-    root = tmp_path_factory.mktemp("bench-runs")
     unet = _make_run(root / "tiny-unet", tiny_config("unet-mp-tr-bce"), data_root)
     cvae = _make_run(root / "tiny-cvae", tiny_config("cvae-mnist"), data_root)
     for r in (unet, cvae):  # the bench never exports: both runs are exported first
         export_run(r, quantize="int8", data_root=data_root, calib_count=8)
     return {"unet": unet, "cvae": cvae}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_root):
+    return tiny_exported_runs(tmp_path_factory.mktemp("bench-runs"), data_root)
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +138,11 @@ def test_schema(bench):
         assert isinstance(r["accuracy_pass"], bool) and r["accuracy_gate"]["pass"] == r["accuracy_pass"]
         if r["scenario"] == "server":
             assert set(SERVER_FIELDS) <= set(r) and isinstance(r["bound_met"], bool)
+    # one verdict line per (run, scenario, batch size), the same lines printed under the table
+    assert {(v["run"], v["scenario"], v["batch_size"]) for v in doc["verdicts"]} == {k[:1] + k[2:] for k in got}
+    for v in doc["verdicts"]:
+        assert v["text"].startswith(f"{v['run']} {v['scenario']} bs{v['batch_size']}")
+        assert v["int8_vs_fp32"] is not None and v["int8_vs_eager"] is not None
 
 
 def test_validity_follows_loadgen_counts(bench):
@@ -192,6 +201,10 @@ def test_provenance(bench, runs):
                 assert "fold_batchnorm" in r["form"]["graph"]
         if r["backend"] == "torch-bf16":
             assert "converted once to bf16" in r["form"]["weights"]
+        # the rewrites of the graph it runs: BatchNorm folded in every UNet form; ConvTranspose as
+        # 1x1 Conv + DepthToSpace in ORT int8's UNet graph only; none in the CVAE graphs
+        want = set() if r["task"] == "cvae" else {"fold_batchnorm"} | ({"pixel_shuffle_up"} if r["backend"] == "ort-int8" else set())
+        assert set(r["graph_rewrites"]) == want, (r["backend"], r["graph_rewrites"])
 
 
 def test_every_timed_process_keeps_freed_memory(bench, monkeypatch):
@@ -241,6 +254,12 @@ def test_flops_and_peak(bench, runs):
             else:
                 assert r["pct_of_peak"] is None
             assert r["peak_rss_mb"] > 10 and r["threads"] == doc["config"]["threads"] == 1
+            # serving peak: load + timed rounds, the accuracy pass over the test inputs left out
+            assert 10 < r["peak_rss_serving_mb"] <= r["peak_rss_mb"]
+            n, per_sample = r["accuracy_count"], 4 * int(np.prod(example_inputs(cfg, 1)["image"].shape))
+            if cfg.task == "cvae":  # label, new_label (int64) and eps (float32 x latent)
+                per_sample += 8 + 8 + 4 * int(cfg.model["latent_dim"])
+            assert r["accuracy_inputs_mb"] == pytest.approx(n * per_sample / 2**20)
 
 
 # ---------------------------------------------------------------------------- accuracy

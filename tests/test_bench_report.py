@@ -70,3 +70,28 @@ def test_three_rounds_are_never_labelled_95_percent():
     assert "true coverage 75.0%" in t.caption and "95%" not in t.caption.replace("95% needs", "")
     lg = format_table([{**r, "loadgen_valid": True} for r in recs]).splitlines()
     assert lg[1].endswith("stable, LoadGen-valid")
+
+
+def test_report_section_opens_with_the_verdict_and_marks_a_marginal_gate():
+    from pathlib import Path
+
+    from harness.report.model import Results
+    from harness.report.sections import _bench_section
+
+    margin = {"pass": True, "ratio": 0.991, "target": 0.99, "marginal": True, "reasons": [],
+              "ratio_ci": {"lo": 0.985, "hi": 0.996, "coverage": 0.95, "n": 238, "seed": 0}}
+    recs = _records() + [_rec("ort-fp32", "fp32", "offline", 8, 150.0, [140.0, 160.0], accuracy_gate=margin,
+                              rounds_samples_per_s=[150.0, 140.0, 160.0])]
+    recs[1]["rounds_samples_per_s"] = [93.6, 91.2, 95.0]
+    blocks = _bench_section(Results(Path("."), bench={"results": recs, "skipped": {}}), [])
+    kinds = [b.kind for b in blocks]
+    first_table = kinds.index("table")
+    verdict_lines = [b.content for b in blocks[:first_table] if b.kind == "p"]
+    assert kinds[1] == "h3" and all(k == "p" for k in kinds[2:first_table]) and len(verdict_lines) == 3
+    offline = next(v for v in verdict_lines if " offline bs8 " in v)
+    # ort-int8 failed its gate: the fastest ACCURATE ORT backend is ort-fp32, against torch-eager
+    assert offline.startswith("Verdict: unet32 offline bs8 (samples/s): fastest accurate ORT ort-fp32 vs fastest "
+                              "accurate PyTorch torch-eager 1.6x") and "failed the accuracy gate: ort-int8" in offline
+    rows = {r[0]: dict(zip(blocks[first_table].content.columns, r)) for r in blocks[first_table].content.rows}
+    assert rows["ort-fp32"]["accuracy gate"].startswith("marginal pass (ratio 0.9910 [0.9850-0.9960]")
+    assert "straddles 0.99" in rows["ort-fp32"]["accuracy gate"] and rows["torch-eager"]["accuracy gate"] == "pass"

@@ -14,7 +14,7 @@ from harness.bench.backends_ort import OrtFP32, OrtInt8, onnx_path
 from harness.bench.device import Device
 from harness.config import get_experiment
 from harness.run_folder import load_run
-from tests.test_bench import _make_run
+from tests.test_bench import tiny_exported_runs
 
 CPU = Device("cpu", None)
 pytestmark = pytest.mark.skipif(not REGISTRY["torch-int8"].available(CPU)[0],
@@ -23,15 +23,7 @@ pytestmark = pytest.mark.skipif(not REGISTRY["torch-int8"].available(CPU)[0],
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_root):
-    from harness.export_stage import export_run
-
-    root = tmp_path_factory.mktemp("int8-runs")
-    unet = _make_run(root / "unet", get_experiment("unet-mp-tr-bce").with_base_channels(4).replace(image_size=32),
-                     data_root)
-    cvae = _make_run(root / "cvae", get_experiment("cvae-mnist").with_base_channels(4), data_root)
-    for r in (unet, cvae):
-        export_run(r, quantize="int8", data_root=data_root, calib_count=8)
-    return {"unet": unet, "cvae": cvae}
+    return tiny_exported_runs(tmp_path_factory.mktemp("int8-runs"), data_root)
 
 
 def _job(run, data_root):
@@ -130,3 +122,23 @@ def test_every_backend_names_its_graph_rewrites(runs, data_root):
     assert got == {("torch-eager", "segmentation"): {"fold_batchnorm"}, ("torch-eager", "cvae"): set(),
                    ("ort-fp32", "segmentation"): {"fold_batchnorm"}, ("ort-fp32", "cvae"): set(),
                    ("ort-int8", "segmentation"): {"fold_batchnorm", "pixel_shuffle_up"}, ("ort-int8", "cvae"): set()}
+
+
+def test_serving_peak_rss_leaves_the_test_inputs_out(runs, tmp_path):
+    """A worker whose accuracy pass maps ~190 MB of test images: the whole-run peak holds them, the
+    serving peak (load + timed rounds, the split unmapped after the accuracy pass) does not."""
+    from harness.bench.worker import Worker
+
+    n = 16000
+    np.save(tmp_path / "image.npy", np.random.default_rng(0).standard_normal((n, 3, 32, 32), dtype=np.float32))
+    job = {"run": "unet", "run_dir": str(runs["unet"]), "task": "segmentation", "dir": str(tmp_path),
+           "onnx": {"fp32": {"path": str(onnx_path(runs["unet"], "segmentation", "fp32"))}}}
+    w = Worker("ort-fp32", {"device": ["cpu", None], "threads": 1, "batch_sizes": [8], "warmup": 1,
+                            "ort_opt_level": "all", "wait": "spin"})
+    w.op_load(job)
+    assert w.op_accuracy(batch_size=256)["count"] == n
+    w.op_measure("offline", 8, {"min_queries": 4, "min_duration": 0.01})
+    fin = w.op_finish()
+    inputs_mb = n * 3 * 32 * 32 * 4 / 2**20
+    assert fin["accuracy_inputs_mb"] == pytest.approx(inputs_mb)
+    assert fin["peak_rss_mb"] - fin["peak_rss_serving_mb"] >= 0.8 * inputs_mb, fin
