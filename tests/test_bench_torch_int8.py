@@ -101,6 +101,8 @@ def test_torch_int8_as_close_to_fp32_as_ort_int8(runs, data_root, kind):
     assert {k: q.calibration[k] for k in ("count", "seed", "class_counts")} == \
         {k: ort_cal[k] for k in ("count", "seed", "class_counts")}
     assert "export.json" in q.calibration["settings_from"]
+    isa = json.loads((run / "onnx" / "export.json").read_text())["int8"]["isa"]
+    assert q.calibration["reduce_range"] == isa["reduce_range"]  # as ORT int8 was quantized for this CPU
     assert "freezing=True" in q.form["compile"] and "X86InductorQuantizer" in q.form["quantization"]
     assert set(q.graph_rewrites) == ({"fold_batchnorm", "pixel_shuffle_up"} if kind == "unet" else set())
     for b in backends.values():

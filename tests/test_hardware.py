@@ -52,6 +52,7 @@ def test_default_backends_leave_out_what_the_machine_emulates():
     keep, left = default_backends(_host(EPYC_AVX2, "AVX2"))
     assert "torch-bf16" in left and "emulated on this machine" in left["torch-bf16"]
     assert {"torch-eager", "ort-fp32", "ort-int8"} <= set(keep) and "torch-bf16" not in keep
+    assert "torch-int8" in keep  # its convs are oneDNN's u8s8 kernels (native on AVX2), not torch._int_mm
     keep, left = default_backends(_host(AMX_XEON, "AVX512"))
     assert "torch-bf16" in keep and "torch-bf16" not in left
 

@@ -37,8 +37,9 @@ def _pt2e():
     return prepare_pt2e, convert_pt2e, X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 
-def calibration_settings(run_dir) -> tuple[int, int, str]:
-    """(count, seed, where from) of ORT int8's calibration, as RUN/onnx/export.json recorded it."""
+def int8_settings(run_dir) -> dict:
+    """ORT int8's calibration (count, seed) and reduce_range, as RUN/onnx/export.json recorded them
+    ({"count", "seed", "reduce_range", "from"}); export's defaults when it recorded none."""
     from harness.export_data import CALIBRATION_SEED
     from harness.export_stage import EXPORT_JSON
 
@@ -47,14 +48,18 @@ def calibration_settings(run_dir) -> tuple[int, int, str]:
         int8 = json.loads(path.read_text()).get("int8") or {}
     except (OSError, ValueError):
         int8 = {}
-    drawn = int8.get("calibration") or {}
+    drawn, isa = int8.get("calibration") or {}, int8.get("isa") or {}
+    reduce_range = bool(isa.get("reduce_range", False))
     if "count" in drawn and "seed" in drawn:
-        return int(drawn["count"]), int(drawn["seed"]), f"{path.name}: ORT int8's calibration set"
-    return 128, CALIBRATION_SEED, f"export's defaults ({path.name} records no class-stratified int8 calibration)"
+        return {"count": int(drawn["count"]), "seed": int(drawn["seed"]), "reduce_range": reduce_range,
+                "from": f"{path.name}: ORT int8's calibration set and reduce_range"}
+    return {"count": 128, "seed": CALIBRATION_SEED, "reduce_range": reduce_range,
+            "from": f"export's defaults ({path.name} records no class-stratified int8 calibration)"}
 
 
 class TorchInt8(TorchCompile):
     name, precision = "torch-int8", "int8"
+    library = "onednn"  # harness.hardware: its convs are oneDNN's u8s8 kernels (native on AVX2), not torch._int_mm
     graph_options = {"pixel_shuffle_up": True}  # the graph ORT int8 is made from (UNet; CVAEs have none)
 
     @classmethod
@@ -74,15 +79,16 @@ class TorchInt8(TorchCompile):
         from harness.export_data import CALIBRATION_BATCH, ExportData, calibration_inputs
 
         prepare_pt2e, convert_pt2e, Quantizer, default_config = _pt2e()
-        count, seed, source = calibration_settings(job["run_dir"])
-        calib, drawn = calibration_inputs(self.cfg, ExportData(self.cfg, job.get("data_root")), count, seed)
-        self.calibration = {**drawn, "settings_from": source}
+        want = int8_settings(job["run_dir"])
+        calib, drawn = calibration_inputs(self.cfg, ExportData(self.cfg, job.get("data_root")), want["count"], want["seed"])
+        self.calibration = {**drawn, "reduce_range": want["reduce_range"], "settings_from": want["from"]}
         names = INPUT_NAMES[self.task]
         batch = torch.export.Dim("batch", min=1)
         example = tuple(calib[k][:CALIBRATION_BATCH] for k in names)
         exported = torch.export.export(net, example, dynamic_shapes=tuple({0: batch} for _ in names)).module()
         quantizer = Quantizer()
-        quantizer.set_global(default_config())
+        # reduce_range as ORT int8 got it (no VNNI: 7-bit activations keep vpmaddubsw's pair sums from saturating)
+        quantizer.set_global(default_config(reduce_range=want["reduce_range"]))
         observed = prepare_pt2e(exported, quantizer)
         n = len(calib[names[0]])
         with torch.no_grad():
@@ -93,6 +99,6 @@ class TorchInt8(TorchCompile):
     @property
     def form(self) -> dict:
         c = self.calibration
-        return {**super().form, "quantization": QUANTIZER,
+        return {**super().form, "quantization": QUANTIZER + (", reduce_range (activations 0-127)" if c["reduce_range"] else ""),
                 "calibration": f"{c['count']} {c['source']} images, {c['sampler']}, seed {c['seed']}, classes "
                                f"{c['classes']} ({c['settings_from']})"}
