@@ -103,11 +103,12 @@ def bench_table(records: list[dict]) -> Table:
 
     base_p50 = bf.value(ss(base or []) or {}, "p50")
     base_thr = bf.value(best(base or []) or {}, "samples_per_s")
+    serving = any(r.get("peak_rss_serving_mb") is not None for r in records)
     acc_cols = ["Dice", "Dice Δ vs eager"] if task == "segmentation" else ["max |Δ| vs eager", "judge (swap)"]
     cols = (["backend", "precision", "p50 ms", "p90 ms", "p99 ms", "queries/round"]
             + [f"samples/s @bs{b}" for b in batch_sizes]
             + ["best % of peak", *acc_cols, "accuracy n", "accuracy gate", "speed-up p50", "speed-up best throughput",
-               "peak RSS MB (serving)", "verdict"])
+               "peak RSS MB (serving)" if serving else "peak RSS MB", "verdict"])
     rows = []
     for (backend, precision), rs in by_backend.items():
         s = ss(rs) or {}
@@ -145,7 +146,7 @@ def bench_table(records: list[dict]) -> Table:
     note = (f"; [a-b]: order-statistic interval of the median over rounds (true coverage {100 * cov:.1f}%), "
             "speed-ups paired by round; * percentile from fewer queries than MLPerf LoadGen's minimum") if cov else ""
     rss_note = ("; peak RSS (serving): load and timed rounds, without the accuracy pass over the memory-mapped "
-                "test split" if any(r.get("peak_rss_serving_mb") is not None for r in records) else "")
+                "test split" if serving else "")
     return Table(cols, rows, f"latency: single-stream, batch 1; speed-up vs {REFERENCE}{note}{rss_note}")
 
 
