@@ -103,6 +103,21 @@ def make_run(run_dir: Path, cfg, *, seed: int = 0, centre_on: torch.Tensor | Non
     return run_dir
 
 
+def exported_tiny_runs(root: Path, data_root) -> dict[str, Path]:
+    """The bench tests' runs: a 4-channel UNet (32 px, its head centred on two fixture test images, so
+    Dice is not 0) and MNIST CVAE, both exported with int8 (calibrated on 8 images)."""
+    from harness.data import build_splits
+    from harness.export_stage import export_run
+
+    unet_cfg, cvae_cfg = tiny_config("unet-mp-tr-bce"), tiny_config("cvae-mnist")
+    centre = torch.stack([build_splits(unet_cfg, data_root)["test"][i][0] for i in range(2)])
+    runs = {"unet": make_run(root / "tiny-unet", unet_cfg, seed=unet_cfg.seed, centre_on=centre),
+            "cvae": make_run(root / "tiny-cvae", cvae_cfg, seed=cvae_cfg.seed)}
+    for r in runs.values():  # the bench never exports: both runs are exported first
+        export_run(r, quantize="int8", data_root=data_root, calib_count=8)
+    return runs
+
+
 def wandb_records(path: Path):
     """Protobuf records of a W&B offline .wandb file (a leveldb-style log: 32 KiB blocks of chunks)."""
     from wandb.proto import wandb_internal_pb2 as pb

@@ -24,7 +24,7 @@ from harness.bench.trackers import ENV_FIELDS, files_size, sha256
 from harness.data import build_splits
 from harness.errors import UserError
 from harness.run_folder import WEIGHTS_FILE, load_run, save_config
-from tests.helpers import make_run, tiny_config
+from tests.helpers import exported_tiny_runs
 
 # one thread: OpenMP barriers with 2 threads on 2 busy cores (other tests running) make torch ~100x slower
 FAST = dict(min_duration=0.02, min_queries=3, batch_sizes=[1, 2], warmup=1, peak_size=256, peak_reps=2, threads=1,
@@ -52,28 +52,9 @@ class NearestMeanJudge:
         return float((self.predict(images) == np.asarray(new_labels)).mean())
 
 
-def _make_run(run_dir: Path, cfg, data_root) -> Path:
-    """A tiny run whose UNet head is centred on two fixture test images: Dice is not 0."""
-    centre_on = None
-    if cfg.task == "segmentation":
-        centre_on = torch.stack([build_splits(cfg, data_root)["test"][i][0] for i in range(2)])
-    return make_run(run_dir, cfg, seed=cfg.seed, centre_on=centre_on)
-
-
-def tiny_exported_runs(root: Path, data_root) -> dict[str, Path]:
-    """A 4-channel UNet (32 px) and MNIST CVAE, exported with int8 (calibrated on 8 images)."""
-    from harness.export_stage import export_run
-
-    unet = _make_run(root / "tiny-unet", tiny_config("unet-mp-tr-bce"), data_root)
-    cvae = _make_run(root / "tiny-cvae", tiny_config("cvae-mnist"), data_root)
-    for r in (unet, cvae):  # the bench never exports: both runs are exported first
-        export_run(r, quantize="int8", data_root=data_root, calib_count=8)
-    return {"unet": unet, "cvae": cvae}
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_root):
-    return tiny_exported_runs(tmp_path_factory.mktemp("bench-runs"), data_root)
+    return exported_tiny_runs(tmp_path_factory.mktemp("bench-runs"), data_root)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from harness.bench.backends_ort import OrtFP32, OrtInt8, onnx_path
 from harness.bench.device import Device
 from harness.config import get_experiment
 from harness.run_folder import load_run
-from tests.test_bench import tiny_exported_runs
+from tests.helpers import exported_tiny_runs
 
 CPU = Device("cpu", None)
 pytestmark = pytest.mark.skipif(not REGISTRY["torch-int8"].available(CPU)[0],
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not REGISTRY["torch-int8"].available(CPU)[0],
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_root):
-    return tiny_exported_runs(tmp_path_factory.mktemp("int8-runs"), data_root)
+    return exported_tiny_runs(tmp_path_factory.mktemp("int8-runs"), data_root)
 
 
 def _job(run, data_root):

@@ -6,11 +6,12 @@ ORT int8 against torch eager fp32 (the old headline, kept for continuity).
 "Accurate" is the bench's accuracy gate (accuracy_pass); a pass whose bootstrap interval straddles
 the target is still accurate, and the line says it is marginal. Every ratio is paired by round
 (stats.paired_ratio_ci): offline compares samples/s, single-stream and server compare p50 latency
-(as a speed-up: how many times shorter). Works on bench.json records, so the report can call it on
-any bench file; torch-free.
+(as a speed-up: how many times shorter). Reads bench.json records (through harness.bench_fields), so
+the report can call it on any bench file; torch-free.
 """
 from __future__ import annotations
 
+from harness import bench_fields as bf
 from harness.bench import stats
 from harness.bench.config import REFERENCE
 
@@ -29,8 +30,8 @@ def _measure(scenario: str) -> str:
 def _speed(r: dict) -> float | None:
     """Higher is faster: median samples/s (offline) or 1 / median p50 (latency scenarios)."""
     if r["scenario"] == "offline":
-        return r.get("samples_per_s")
-    p50 = (r.get("latency_ms") or {}).get("p50")
+        return bf.value(r, "samples_per_s")
+    p50 = bf.value(r, "p50")
     return 1.0 / p50 if p50 else None
 
 
@@ -57,7 +58,7 @@ def verdicts(records: list[dict]) -> list[dict]:
     out = []
     for (run, scenario, bs), rs in groups.items():
         by_name = {r["backend"]: r for r in rs}
-        accurate = [r for r in rs if r.get("accuracy_pass") is True]
+        accurate = [r for r in rs if bf.accuracy(r)["pass"] is True]
         best_ort = _fastest([r for r in accurate if family(r["backend"]) == "ONNX Runtime"])
         best_torch = _fastest([r for r in accurate if family(r["backend"]) == "PyTorch"])
         v = {"run": run, "experiment": rs[0].get("experiment"), "scenario": scenario, "batch_size": bs,
@@ -66,8 +67,8 @@ def verdicts(records: list[dict]) -> list[dict]:
              "ort_vs_torch": ratio(best_ort, best_torch),
              "int8_vs_fp32": ratio(by_name.get(ORT_INT8), by_name.get(ORT_FP32)),
              "int8_vs_eager": ratio(by_name.get(ORT_INT8), by_name.get(REFERENCE)),
-             "not_accurate": sorted(r["backend"] for r in rs if r.get("accuracy_pass") is False),
-             "marginal": sorted(r["backend"] for r in rs if (r.get("accuracy_gate") or {}).get("marginal"))}
+             "not_accurate": sorted(r["backend"] for r in rs if bf.accuracy(r)["pass"] is False),
+             "marginal": sorted(r["backend"] for r in rs if bf.accuracy(r)["marginal"])}
         v["text"] = verdict_line(v)
         out.append(v)
     return out
