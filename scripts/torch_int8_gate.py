@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     from harness.bench import BenchConfig, run_bench
     from harness.bench.records import gate_margin_text
-    from harness.pipeline import load_judges
+    from harness.judge import load_judges
 
     cfg = BenchConfig(backends=BACKENDS, scenarios=["offline"], batch_sizes=[8], rounds=3, min_queries=8,
                       min_duration=0.2, warmup=1, peak_size=256, peak_reps=2)

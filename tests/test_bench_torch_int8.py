@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from harness.bench.backends import REGISTRY, TorchEager
-from harness.bench.backends_ort import OrtFP32, OrtInt8, onnx_path
+from harness.bench.backends_ort import OrtFP32, OrtInt8
+from harness.run_folder import onnx_path
 from harness.bench.device import Device
 from harness.config import get_experiment
 from harness.run_folder import load_run

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from harness.bench.backends import TorchCompile
-from harness.bench.backends_ort import INPUT_NAMES
+from harness.bench.backend_base import INPUT_NAMES
 
 QUANTIZER = ("PT2E, torchao X86InductorQuantizer default config: static, activations uint8 per tensor "
              "(HistogramObserver), weights int8 per channel (symmetric)")
@@ -41,9 +41,9 @@ def int8_settings(run_dir) -> dict:
     """ORT int8's calibration (count, seed) and reduce_range, as RUN/onnx/export.json recorded them
     ({"count", "seed", "reduce_range", "from"}); export's defaults when it recorded none."""
     from harness.export_data import CALIBRATION_SEED
-    from harness.export_stage import EXPORT_JSON
+    from harness.run_folder import EXPORT_FILE, ONNX_DIR
 
-    path = Path(run_dir) / "onnx" / EXPORT_JSON
+    path = Path(run_dir) / ONNX_DIR / EXPORT_FILE
     try:
         int8 = json.loads(path.read_text()).get("int8") or {}
     except (OSError, ValueError):
