@@ -380,7 +380,7 @@ def test_config_validation():
     assert BenchConfig(mlperf=True).timing("offline", 32) == {"min_queries": 768, "min_duration": 600.0}
     assert BenchConfig(mlperf=True).timing("server", 1)["min_queries"] == 662
     assert set(REGISTRY) == {"torch-eager", "torch-channels-last", "torch-bf16", "torch-fp16", "torch-compile", "torch-int8",
-                             "ort-fp32", "ort-int8", "ort-cuda", "ort-cuda-fp16", "ort-tensorrt"}
+                             "ort-fp32", "ort-int8", "ort-cuda", "ort-cuda-fp16", "ort-tensorrt", "openvino-fp32", "openvino-int8"}
     assert REGISTRY["torch-fp16"].available(CPU)[0] is False and REGISTRY["ort-cuda-fp16"].available(CPU)[0] is False
     with pytest.raises(UserError, match="run directory not found"):
         run_bench(["/nonexistent/run"], BenchConfig(**FAST))
