@@ -70,20 +70,60 @@ def test_int8_export_settings_follow_vnni():
     assert int8_isa(_host(EPYC_AVX2, "AVX2"), "off")["reduce_range"] is False
 
 
-def test_probe_skips_emulated_precisions_and_keeps_its_budget(tmp_path):
-    host = _host(EPYC_AVX2, "AVX2")
-    peak = probe_peak(threads=1, max_n=512, reps=2, budget_s=2.0, host=host)
+def test_probe_skips_emulated_precisions():
+    peak = probe_peak(threads=1, max_n=512, reps=2, budget_s=2.0, host=_host(EPYC_AVX2, "AVX2"))
     assert peak["bf16"]["status"] == EMULATED and peak["bf16"]["gflops_per_s"] is None
     assert "emulated" in peak["bf16"]["note"]
     assert peak["fp32"]["status"] == NATIVE and peak["fp32"]["gflops_per_s"] > 0 and peak["fp32"]["n"] <= 512
     # int8: torch._int_mm is emulated without VNNI, so ORT's MatMulInteger (native MLAS kernels) is the peak
     assert peak["int8"]["method"].startswith("onnxruntime MatMulInteger") and peak["int8"]["gflops_per_s"] > 0
-    # the budget bounds the timed work; the numpy subprocess's start is the slack
-    assert peak["seconds"] < peak["budget_s"] + 5.0
+    assert "torch._int_mm not timed: emulated" in peak["int8"]["note"]
+
+
+class FakeClock:
+    """A product of size n 'takes' n^3 / rate seconds on this clock: the sizing logic, without timing."""
+
+    def __init__(self, rate):
+        self.now, self.rate = 0.0, rate
+
+    def __call__(self):
+        return self.now
+
+    def make(self, n):
+        def call():
+            self.now += n ** 3 / self.rate
+        return call
+
+
+@pytest.mark.parametrize("rate, budget, want_n", [
+    (1e11, 3.75, 2048),   # fast: grows to max_n (2048^3 / 1e11 = 0.086 s per call)
+    (1e10, 3.75, 1024),   # 1024^3 / 1e10 = 0.107 s >= 0.1 s stops the growth
+    (1e9, 3.75, 512),
+    (1e7, 3.75, 256),     # emulated-slow: 256^3 / 1e7 = 1.7 s, already over 0.1 s
+])
+def test_probe_sizes_itself_within_its_budget(monkeypatch, rate, budget, want_n):
+    import harness.bench.peak as peak_mod
+
+    clock = FakeClock(rate)
+    monkeypatch.setattr(peak_mod.time, "perf_counter", clock)
+    best, n = peak_mod.sized_best(clock.make, max_n=2048, reps=5, budget_s=budget)
+    assert n == want_n and best == pytest.approx(n ** 3 / rate)
+    # the warm-up and the size steps, then timed calls only while one more fits: never past the budget
+    # by more than the warm-up of the first size
+    assert clock.now <= budget + 2 * (peak_mod.START_N ** 3 / rate)
+
+
+def test_a_stored_probe_is_reused_only_on_this_machine_at_these_threads(tmp_path):
+    from harness.bench.peak import machine_key
+
+    stored = {"threads": 1, "machine": machine_key(machine(with_gpu=False)), "fp32": {"gflops_per_s": 1.0}}
     path = tmp_path / "peak.json"
-    path.write_text(json.dumps(peak))
-    assert reusable_peak(path, threads=2) is None   # other threads: probe again
-    assert reusable_peak(path, threads=1) is None or reusable_peak(path, threads=1)["machine"] == peak["machine"]
+    path.write_text(json.dumps(stored))
+    assert reusable_peak(path, threads=1) == stored
+    assert reusable_peak(path, threads=2) is None                      # other threads: probe again
+    path.write_text(json.dumps({**stored, "machine": {**stored["machine"], "cpu_model": "another CPU"}}))
+    assert reusable_peak(path, threads=1) is None                      # another machine: probe again
+    assert reusable_peak(tmp_path / "missing.json", threads=1) is None
 
 
 def test_held_to_avx2_this_machine_reads_bf16_as_emulated():
