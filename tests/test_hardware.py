@@ -81,36 +81,43 @@ def test_probe_skips_emulated_precisions():
 
 
 class FakeClock:
-    """A product of size n 'takes' n^3 / rate seconds on this clock: the sizing logic, without timing."""
+    """A product of size n 'takes' n^3 / rate(n) seconds on this clock: the sizing logic, without timing."""
 
     def __init__(self, rate):
-        self.now, self.rate = 0.0, rate
+        self.now, self.rate, self.sizes = 0.0, rate, []
 
     def __call__(self):
         return self.now
 
     def make(self, n):
+        self.sizes.append(n)
+
         def call():
-            self.now += n ** 3 / self.rate
+            self.now += n ** 3 / self.rate(n)
         return call
 
 
-@pytest.mark.parametrize("rate, budget, want_n", [
+@pytest.mark.parametrize("base, budget, want_n", [
     (1e11, 3.75, 2048),   # fast: grows to max_n (2048^3 / 1e11 = 0.086 s per call)
     (1e10, 3.75, 1024),   # 1024^3 / 1e10 = 0.107 s >= 0.1 s stops the growth
     (1e9, 3.75, 512),
     (1e7, 3.75, 256),     # emulated-slow: 256^3 / 1e7 = 1.7 s, already over 0.1 s
 ])
-def test_probe_sizes_itself_within_its_budget(monkeypatch, rate, budget, want_n):
+def test_probe_sizes_itself_within_its_budget(monkeypatch, base, budget, want_n):
     import harness.bench.peak as peak_mod
 
-    clock = FakeClock(rate)
+    clock = FakeClock(lambda n: base)
     monkeypatch.setattr(peak_mod.time, "perf_counter", clock)
     best, n = peak_mod.sized_best(clock.make, max_n=2048, reps=5, budget_s=budget)
-    assert n == want_n and best == pytest.approx(n ** 3 / rate)
+    assert max(clock.sizes) == want_n and best == pytest.approx(n ** 3 / base)
     # the warm-up and the size steps, then timed calls only while one more fits: never past the budget
     # by more than the warm-up of the first size
-    assert clock.now <= budget + 2 * (peak_mod.START_N ** 3 / rate)
+    assert clock.now <= budget + 2 * (peak_mod.START_N ** 3 / base)
+    # a machine whose rate peaks at a mid size (its caches): that size's rate is the peak, not the last one's
+    clock = FakeClock(lambda n: 2e10 if n == 512 else 1e10)
+    monkeypatch.setattr(peak_mod.time, "perf_counter", clock)
+    best, n = peak_mod.sized_best(clock.make, max_n=2048, reps=5, budget_s=budget)
+    assert n == 512 and best == pytest.approx(512 ** 3 / 2e10)
 
 
 def test_a_stored_probe_is_reused_only_on_this_machine_at_these_threads(tmp_path):

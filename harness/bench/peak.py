@@ -1,9 +1,9 @@
 """Matmul probe: what this machine's matrix units deliver at the bench's thread count, in at most
 `budget_s` seconds (15 by default) on any machine.
 
-- fp32: torch.matmul, and numpy's BLAS in a subprocess pinned to the same threads (OpenBLAS beat
-  torch's matmul in the environment notes); the faster is the peak, since a low peak would make
-  every backend look closer to the machine's limit than it is.
+- fp32: torch.matmul, numpy's BLAS in a subprocess pinned to the same threads, and ONNX Runtime's
+  MatMul (MLAS); the fastest is the peak, since a low peak would make every backend look closer to
+  the machine's limit than it is (on an AVX2-only EPYC, ORT fp32 read 122% of a torch/numpy peak).
 - bf16: torch.matmul on bf16 tensors, only where bf16 is native (harness.hardware).
 - int8: torch._int_mm where PyTorch runs it natively (VNNI), and ONNX Runtime's MatMulInteger
   (u8 x s8 -> int32, the MLAS kernels its int8 graphs run, native on any AVX2 CPU); the faster
@@ -60,24 +60,27 @@ def _time_once(fn) -> float:
 
 
 def sized_best(make, max_n: int, reps: int, budget_s: float) -> tuple[float, int]:
-    """(best seconds, n): make(n) returns the call to time. n doubles from START_N until a call
-    takes MIN_CALL_S or n reaches max_n; then up to `reps` timed calls, stopping at the budget."""
+    """(seconds, n) of the fastest call per n^3 seen: make(n) returns the call to time. n doubles from
+    START_N until a call takes MIN_CALL_S or n reaches max_n (each size timed once after a warm-up);
+    then up to `reps` more calls at the last size, stopping at the budget. The best rate over all
+    sizes is the peak: a size that fits the caches can beat the largest one."""
     t_end = time.perf_counter() + budget_s
     n = min(START_N, max_n)
     fn = make(n)
     fn()  # warm-up (allocations, kernel selection)
     t = _time_once(fn)
+    best = (t, n)
     while t < MIN_CALL_S and n * 2 <= max_n and time.perf_counter() + 8 * t < t_end:
         n *= 2
         fn = make(n)
         fn()
         t = _time_once(fn)
-    best = t
+        best = min(best, (t, n), key=lambda b: b[0] / b[1] ** 3)
     for _ in range(reps - 1):
-        if time.perf_counter() + best > t_end:
+        if time.perf_counter() + t > t_end:
             break
-        best = min(best, _time_once(fn))
-    return best, n
+        best = min(best, (_time_once(fn), n), key=lambda b: b[0] / b[1] ** 3)
+    return best
 
 
 def _entry(seconds: float, n: int, method: str, note: str | None = None) -> dict:
@@ -89,27 +92,52 @@ def _skipped(method: str, status: str, note: str) -> dict:
     return {"gflops_per_s": None, "best_s": None, "n": None, "status": status, "method": method, "note": note}
 
 
-def _ort_int8(threads: int, max_n: int, reps: int, budget_s: float) -> tuple[float, int]:
-    """Best seconds of ONNX Runtime's MatMulInteger (uint8 x int8 -> int32) at the sized n."""
-    import numpy as np
+def _ort_matmul(op: str, a_type: int, b_type: int, y_type: int, make_feeds, threads: int, max_n: int, reps: int,
+                budget_s: float) -> tuple[float, int]:
+    """Best seconds of one ONNX Runtime matmul node (MLAS, the kernels its graphs run) at the sized n."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_peak",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, ["n", "k"]),
-         helper.make_tensor_value_info("b", TensorProto.INT8, ["k", "m"])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, ["n", "m"])])
+        [helper.make_node(op, ["a", "b"], ["y"])], "peak",
+        [helper.make_tensor_value_info("a", a_type, ["n", "k"]), helper.make_tensor_value_info("b", b_type, ["k", "m"])],
+        [helper.make_tensor_value_info("y", y_type, ["n", "m"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
 
     def make(n):
-        feeds = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8), "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}
+        feeds = make_feeds(n)
         return lambda: sess.run(None, feeds)
     return sized_best(make, max_n, reps, budget_s)
+
+
+def _ort_fp32(threads: int, max_n: int, reps: int, budget_s: float) -> tuple[float, int]:
+    import numpy as np
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    return _ort_matmul("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT,
+                       lambda n: {"a": rng.standard_normal((n, n), dtype=np.float32),
+                                  "b": rng.standard_normal((n, n), dtype=np.float32)}, threads, max_n, reps, budget_s)
+
+
+def _ort_int8(threads: int, max_n: int, reps: int, budget_s: float) -> tuple[float, int]:
+    import numpy as np
+    from onnx import TensorProto
+
+    rng = np.random.default_rng(0)
+    return _ort_matmul("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32,
+                       lambda n: {"a": rng.integers(0, 256, (n, n), dtype=np.uint8),
+                                  "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}, threads, max_n, reps, budget_s)
+
+
+def _fastest(found: list[tuple[float, int, str]], notes: list[str], unit: str) -> dict:
+    """The entry of the fastest (seconds, n, method) candidate; the others' rates in its note."""
+    t, n, method = min(found, key=lambda f: f[0] / f[1] ** 3)
+    rates = [f"{m}: {2.0 * k ** 3 / sec / 1e9:.0f} {unit}" for sec, k, m in found]
+    return _entry(t, n, method, "; ".join([*rates, "the fastest is the peak", *notes]))
 
 
 def probe_peak(threads: int | None = None, max_n: int = 2048, reps: int = 5, budget_s: float = 15.0,
@@ -124,7 +152,7 @@ def probe_peak(threads: int | None = None, max_n: int = 2048, reps: int = 5, bud
     if threads:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
-    share = budget_s / 4  # fp32 torch, fp32 numpy, bf16, int8: a quarter each at most
+    share = budget_s / 5  # fp32: torch, numpy, ORT; bf16; int8 (torch._int_mm and ORT): a fifth each at most
     out: dict = {"threads": torch.get_num_threads(), "max_n": max_n, "reps": reps, "budget_s": budget_s,
                  "machine": machine_key(host)}
     g = torch.Generator().manual_seed(0)
@@ -136,16 +164,17 @@ def probe_peak(threads: int | None = None, max_n: int = 2048, reps: int = 5, bud
         return make
 
     try:
-        t, n = sized_best(matmul(torch.float32), max_n, reps, share)
-        out["fp32"] = _entry(t, n, "torch.matmul float32")
+        found, notes = [(*sized_best(matmul(torch.float32), max_n, reps, share), "torch.matmul float32")], []
         try:
-            t_np = _numpy_fp32_seconds(out["threads"], n, reps, share)
-            torch_gf, np_gf = out["fp32"]["gflops_per_s"], 2.0 * n ** 3 / t_np / 1e9
-            if t_np < t:
-                out["fp32"].update(gflops_per_s=np_gf, best_s=t_np, method="numpy matmul float32 (BLAS)")
-            out["fp32"]["note"] = f"torch.matmul {torch_gf:.0f} GFLOP/s, numpy {np_gf:.0f} GFLOP/s; the faster is the peak"
+            n = found[0][1]
+            found.append((_numpy_fp32_seconds(out["threads"], n, reps, share), n, "numpy matmul float32 (BLAS)"))
         except (OSError, ValueError, subprocess.SubprocessError) as e:
-            out["fp32"]["note"] = f"numpy probe failed ({type(e).__name__}); torch.matmul only"
+            notes.append(f"numpy probe failed ({type(e).__name__})")
+        try:
+            found.append((*_ort_fp32(out["threads"], max_n, reps, share), "onnxruntime MatMul float32 (MLAS)"))
+        except Exception as e:
+            notes.append(f"ORT MatMul failed ({type(e).__name__}: {e})")
+        out["fp32"] = _fastest(found, notes, "GFLOP/s")
 
         status, why = precision_status(host, "bf16", "torch")
         if status == EMULATED:
@@ -207,6 +236,4 @@ def _int8_peak(torch, g, host, threads: int, max_n: int, reps: int, budget_s: fl
             notes.append(f"ORT MatMulInteger failed ({type(e).__name__}: {e})")
     if not found:
         return _skipped("torch._int_mm / onnxruntime MatMulInteger", EMULATED, "; ".join(notes))
-    t, n, method = min(found, key=lambda f: f[0] / f[1] ** 3)
-    others = [f"{m}: {2.0 * k ** 3 / s / 1e9:.0f} GOP/s" for s, k, m in found if m != method]
-    return _entry(t, n, method, "; ".join(["GOP/s of integer MACs x 2", *others, *notes]))
+    return _fastest(found, ["GOP/s of integer MACs x 2", *notes], "GOP/s")
