@@ -12,6 +12,8 @@ Stage outputs with hand-picked figures (what the report and `segvae compare` rea
 """
 from __future__ import annotations
 
+import re
+
 import json
 import struct
 from pathlib import Path
@@ -261,3 +263,21 @@ def bench_v1() -> dict:
     doc["config"] = {"accuracy_samples_used": {"unet-mp-tr-bce": 238, "cvae-mnist": 1000}}
     doc["env"] = {"cpu_model": "Test CPU"}
     return doc
+
+
+def md_tables(md: str) -> list[dict]:
+    """Every markdown table as {"columns": [...], "rows": [[...]]}."""
+    tables, cur = [], None
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            if cur is None:
+                cur = {"columns": cells, "rows": []}
+            elif not all(set(c) <= {"-"} for c in cells):
+                cur["rows"].append(cells)
+        elif cur is not None:
+            tables.append(cur)
+            cur = None
+    if cur is not None:
+        tables.append(cur)
+    return tables

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from harness.bench import stats
 from harness.bench.ab import CANNOT, FASTER, SAME, SLOWER, ab_rows, run_ab, side_labels, verdict
@@ -92,12 +93,14 @@ def test_ab_rows_pair_rounds_and_gate_accuracy():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, data_root):
     from harness.config import get_experiment
+    from harness.data import build_splits
     from harness.export_stage import export_run
-    from tests.test_bench import _make_run
+    from tests.helpers import make_run
 
     root = tmp_path_factory.mktemp("ab-runs")
-    run = _make_run(root / "old" / "tiny-unet",
-                    get_experiment("unet-mp-tr-bce").with_base_channels(4).replace(image_size=32), data_root)
+    cfg = get_experiment("unet-mp-tr-bce").with_base_channels(4).replace(image_size=32)
+    centre = torch.stack([build_splits(cfg, data_root)["test"][i][0] for i in range(2)])
+    run = make_run(root / "old" / "tiny-unet", cfg, seed=cfg.seed, centre_on=centre)
     export_run(run, data_root=data_root)
     return run
 

@@ -10,25 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.report import build_report
-from tests.fixtures import UNET_METRICS, write_json, write_png, write_results, write_unet_run
-
-
-def md_tables(md: str) -> list[dict]:
-    """Every markdown table as {"columns": [...], "rows": [[...]]}."""
-    tables, cur = [], None
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-            if cur is None:
-                cur = {"columns": cells, "rows": []}
-            elif not all(set(c) <= {"-"} for c in cells):
-                cur["rows"].append(cells)
-        elif cur is not None:
-            tables.append(cur)
-            cur = None
-    if cur is not None:
-        tables.append(cur)
-    return tables
+from tests.fixtures import UNET_METRICS, md_tables, write_json, write_png, write_results, write_unet_run
 
 
 def table_with(tables, column: str) -> dict:

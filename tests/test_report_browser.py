@@ -89,7 +89,7 @@ def check_report(html: Path) -> dict:
     assert tables and all(n > 0 for _, n in tables), f"{html}: missing or empty tables: {tables}"
     md = html.with_suffix(".md")
     if md.is_file():  # both are rendered from the same blocks: the same tables in the same order
-        from tests.test_report import md_tables
+        from tests.fixtures import md_tables
 
         def plain(cell: str) -> str:  # undo report.md's escaping of | < > &
             return cell.replace("\\|", "|").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
