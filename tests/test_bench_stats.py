@@ -88,8 +88,12 @@ def test_stratified_subset_keeps_class_proportions():
     idx = stratified_indices(labels, 10, seed=0)
     assert len(idx) == 10 and len(set(idx)) == 10
     assert np.bincount(labels[idx], minlength=3).tolist() == [5, 3, 2]
-    idx = stratified_indices(labels, 7, seed=0)  # 3.5, 2.1, 1.4 -> largest remainders
-    assert np.bincount(labels[idx], minlength=3).tolist() == [4, 2, 1]
+    # one per class first; the other 4 by largest remainder of 4 x (49, 29, 19) / 97 = 2.02, 1.20, 0.78
+    idx = stratified_indices(labels, 7, seed=0)
+    assert np.bincount(labels[idx], minlength=3).tolist() == [3, 2, 2]
+    # a class of 1 in 51 still gets its item once n reaches the number of classes
+    rare = np.array([0] * 50 + [1])
+    assert 50 in stratified_indices(rare, 2, seed=0)
     assert stratified_indices(labels, 7, seed=0).tolist() == idx.tolist()        # seeded
     assert stratified_indices(labels, 7, seed=1).tolist() != idx.tolist()
     assert stratified_indices(labels, None, seed=0).tolist() == list(range(100))  # whole split
