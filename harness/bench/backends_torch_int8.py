@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.bench.backends import TorchCompile
+from harness.bench.backends_torch import TorchCompile
 from harness.bench.backend_base import INPUT_NAMES
 
 QUANTIZER = ("PT2E, torchao X86InductorQuantizer default config: static, activations uint8 per tensor "
