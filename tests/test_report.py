@@ -155,3 +155,20 @@ def test_missing_runs_dir_is_user_error(tmp_path):
 
     with pytest.raises(UserError, match="not found"):
         build_report(tmp_path / "nope")
+
+
+def test_the_report_says_which_cpu_gated_int8_and_which_benched(tmp_path):
+    """An int8 graph exported on a VNNI Xeon and benched on an AVX2 EPYC: the bench section names both
+    CPUs and says the bench's own gate is the one that holds; the same CPU gets no such warning."""
+    from harness.report.model import Results
+    from harness.report.sections import _machines_note
+
+    isa = {"cpu_model": "Xeon", "cpu_flags": ["avx2", "avx512_vnni"], "reduce_range": False, "why": "VNNI"}
+    res = Results(runs_dir=tmp_path, bench={"env": {"cpu_model": "AMD EPYC", "cpu_flags": ["avx2", "fma"]}},
+                  runs=[{"name": "unet", "export": {"int8": {"isa": isa}}}, {"name": "no-int8", "export": None}])
+    (text,) = [b.content for b in _machines_note(res)]
+    assert text.startswith("This bench ran on AMD EPYC (avx2, fma).")
+    assert "unet: int8 exported and gated on Xeon (avx2, avx512_vnni), reduce_range off (VNNI); NOT the bench's CPU" in text
+    assert "no-int8" not in text
+    res.bench["env"] = {"cpu_model": "Xeon", "cpu_flags": ["avx2", "avx512_vnni"]}
+    assert "NOT the bench's CPU" not in _machines_note(res)[0].content
