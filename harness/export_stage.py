@@ -27,7 +27,7 @@ from exports.quantize import QuantOptions
 from harness.errors import UserError
 from harness.export_data import (CALIBRATION_BATCH, ExportData, calibration_inputs, dataset_info, inputs_for,
                                  seg_batch, seg_eval_set)
-from harness.hardware import machine
+from harness.hardware import VNNI_FLAGS, machine
 from harness.io import atomic_write_json
 from harness.run_folder import (EXPORT_FILE, GRAPH_FILES, ONNX_DIR, ONNX_PRECISIONS, data_root_for, load_run,
                                 onnx_name)
@@ -185,7 +185,7 @@ def int8_isa(host, reduce_range: str = "auto") -> dict:
     pairs of u8 x s8 products into saturating int16; if accuracy drops, quantize weights to 7 bits
     (reduce_range) or use U8U8. With VNNI the products accumulate in int32 and full range is safe.
     auto: reduce_range where VNNI is absent."""
-    vnni = any(f in host.cpu_flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    vnni = any(f in host.cpu_flags for f in VNNI_FLAGS)
     on = (not vnni) if reduce_range == "auto" else reduce_range == "on"
     why = ("asked" if reduce_range != "auto" else
            "VNNI: int32 accumulation, full 8-bit weights" if vnni else

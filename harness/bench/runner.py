@@ -425,7 +425,7 @@ def measure(ctx: Ctx, run_dirs: list[Path], argv, sides: list[str] | None = None
     workers: list[dict] = []
     try:
         if ctx.dist.main:
-            env = trackers.env_info(argv)
+            env = trackers.env_info(argv, ctx.host)
             if sides is None:  # the A/B mode reports no % of peak
                 ctx.peak = _peak(ctx)
             jobs = [_prepare_run(ctx, r, i) for i, r in enumerate(run_dirs)]

@@ -83,13 +83,13 @@ def command_line(argv: list[str]) -> str:
     return shlex.join(argv)
 
 
-def env_info(argv: list[str] | None = None) -> dict:
+def env_info(argv: list[str] | None = None, host=None) -> dict:
     """The machine (harness.hardware: CPU, instruction sets, which precisions are native, the GPU),
-    the software and the git state."""
+    the software and the git state. host: the Machine already read (read now when None)."""
     from harness.hardware import machine
     from harness.run_folder import git_state
 
-    m = machine()
+    m = host or machine()
     git = git_state()
     return {
         "cpu_model": m.cpu_model, "cpu_flags": m.cpu_flags,
