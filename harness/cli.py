@@ -103,7 +103,7 @@ def _bench_config(a):
     fields = {k: getattr(a, k, None) for k in (  # the peak probe's options are the bench's alone
         "backends", "scenarios", "batch_sizes", "device", "threads", "rounds", "min_queries", "min_duration", "mlperf",
         "server_qps", "latency_bound_ms", "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level",
-        "warmup", "wait", "processes", "peak_budget_s", "peak_file")}
+        "warmup", "wait", "processes", "slices", "peak_budget_s", "peak_file")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
     return cfg, (load_judges(a.judges) if a.judges else None)
 
@@ -129,8 +129,11 @@ def _ab(a) -> int:
     from harness.bench.ab import run_ab
 
     cfg, judge_fn = _bench_config(a)
+    if a.wait is None:  # the lanes take turns every 50 ms: a lane's spinning threads would slow the next one
+        cfg.wait = "passive"
     return run_ab(a.run_dirs, cfg, data_root=a.data_root, out=a.out, argv=sys.argv, judge_fn=judge_fn,
-                  max_slowdown=a.max_slowdown, max_accuracy_drop=a.max_accuracy_drop, md_out=a.md)[1]
+                  max_slowdown=a.max_slowdown, max_accuracy_drop=a.max_accuracy_drop, md_out=a.md,
+                  detect=None if a.fixed_rounds else a.detect, max_rounds=a.max_rounds)[1]
 
 
 def _report(a) -> int:

@@ -260,16 +260,23 @@ def _bench_options(b) -> None:
                    help=f"gate: metric >= TARGET x the torch fp32 reference (default: {DEFAULT_TARGET}; 0.999 strict)")
     b.add_argument("--ort-opt-level", choices=["all", "extended", "basic", "disable"],
                    help="ONNX Runtime graph optimization level (default: all)")
+    b.add_argument("--slices", type=positive_int,
+                   help="backends take turns this many times per round (each a share of the round's queries and "
+                        "seconds, warm-up once per round), so the host's sub-second swings hit them alike (default: 1 in "
+                        "`segvae bench`; one per 50 ms of --min-duration in `segvae ab`)")
     b.add_argument("--processes", type=positive_int,
                    help="fresh worker processes per backend, the rounds split among them: intervals then include "
                         "what a process's memory layout does to all its rounds (default: 1)")
     b.add_argument("--wait", choices=["spin", "passive"],
                    help="how idle threads wait: spin (libgomp's and ONNX Runtime's defaults) or passive "
-                        "(OMP_WAIT_POLICY=PASSIVE, ORT spinning off: for a machine other processes share; default: spin)")
+                        "(OMP_WAIT_POLICY=PASSIVE, ORT spinning off: for a machine other processes share; default: spin in "
+                        "`segvae bench`, passive in `segvae ab`, whose lanes take turns every 50 ms)")
 
 
 def _ab(sub) -> None:
     from harness.bench.ab import DEFAULT_MAX_ACCURACY_DROP as AB_MAX_DROP
+    from harness.bench.ab import DEFAULT_DETECT as AB_DETECT
+    from harness.bench.ab import DEFAULT_MAX_ROUNDS as AB_MAX_ROUNDS
     from harness.bench.ab import DEFAULT_MAX_SLOWDOWN as AB_MAX_SLOWDOWN
 
     a = _command(sub, "ab", "A/B regression gate: two exported run folders benched in the same rounds (exit 1 on a regression)",
@@ -286,6 +293,12 @@ def _ab(sub) -> None:
     a.add_argument("--max-accuracy-drop", type=nonnegative_float, default=AB_MAX_DROP, metavar="DROP",
                    help=f"accuracy fails when NEW's metric is lower than OLD's by more than this, absolute "
                         f"(default: {AB_MAX_DROP})")
+    a.add_argument("--detect", type=share, default=AB_DETECT, metavar="SHARE",
+                   help=f"size the session to catch a slowdown this large 9 times in 10: --rounds is the pilot, then "
+                        f"as many rounds as the measured round-to-round spread needs (default: {100 * AB_DETECT:g}%%)")
+    a.add_argument("--max-rounds", type=positive_int, default=AB_MAX_ROUNDS,
+                   help=f"at most this many rounds when sizing (default: {AB_MAX_ROUNDS})")
+    a.add_argument("--fixed-rounds", action="store_true", help="exactly --rounds rounds, no sizing (default: sized)")
     a.add_argument("--out", default="ab.json", help="results file: the bench records of both sides and the verdicts "
                                                     "(default: ab.json)")
     a.add_argument("--md", metavar="FILE.md", help="also write the Markdown verdict to this file (default: print only)")

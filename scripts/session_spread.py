@@ -1,13 +1,17 @@
 """The headline's session-to-session spread beside its within-session interval: the same bench run
-in --sessions separate sessions spread over time (default 3, 20 minutes apart), and per session the
-paired speed-up of --fast against --reference (offline batch 8 samples/s, and batch-1 p50 latency),
-each with its own interval. The within-session interval only covers the rounds of one session; the
-spread of the session medians is what a reader comparing two published benches sees.
+in separate sessions spread over time, and per session the paired speed-up of --fast against
+--reference (offline batch 8 samples/s, and batch-1 p50 latency), each with its own interval. The
+within-session interval only covers the rounds of one session; the spread of the session medians is
+what a reader comparing two published benches sees.
 
     python scripts/session_spread.py RUN_DIR --data-root ../shared/data --fast ort-int8 \
         --reference torch-eager --sessions 3 --every-min 20 --out docs/results/session-spread
 
-Writes OUT/session-N.json (each bench), OUT/spread.json and OUT/README.md, and prints where.
+--fast best-ort / --reference best-torch read the bench's own verdict (the fastest accurate backend
+of each runtime, session by session); --all-backends benches every default backend (the README's
+headline bench) instead of the two. --one runs a single session (the next session-N.json in OUT),
+for sessions placed by hand around other work; every invocation rebuilds OUT/spread.json and
+OUT/README.md from all the session files in OUT, and prints where they are.
 """
 from __future__ import annotations
 
@@ -33,11 +37,27 @@ def _rec(doc: dict, backend: str, scenario: str, bs: int) -> dict:
     raise SystemExit(f"no {backend} {scenario} batch {bs} record in the bench (see its `skipped`)")
 
 
+BEST = {"best-ort": "best_ort", "best-torch": "best_torch"}
+
+
+def _pick(doc: dict, name: str, scenario: str, bs: int) -> str:
+    """A backend name, or the session's own fastest accurate one of a runtime (its verdict)."""
+    if name not in BEST:
+        return name
+    for v in doc.get("verdicts") or []:
+        if (v["scenario"], v["batch_size"]) == (scenario, bs) and v.get(BEST[name]):
+            return v[BEST[name]]
+    raise SystemExit(f"the bench names no {name} backend for {scenario} batch {bs} (see its verdicts)")
+
+
 def session_figures(doc: dict, fast: str, ref: str, batch: int) -> dict:
     """The paired speed-ups of one session: throughput at `batch`, and batch-1 p50 latency."""
-    f, r = _rec(doc, fast, "offline", batch), _rec(doc, ref, "offline", batch)
-    fs, rs = _rec(doc, fast, "single-stream", 1), _rec(doc, ref, "single-stream", 1)
-    return {"throughput": stats.paired_ratio_ci(f["rounds_samples_per_s"], r["rounds_samples_per_s"]),
+    names = {"offline": (_pick(doc, fast, "offline", batch), _pick(doc, ref, "offline", batch)),
+             "single-stream": (_pick(doc, fast, "single-stream", 1), _pick(doc, ref, "single-stream", 1))}
+    f, r = (_rec(doc, n, "offline", batch) for n in names["offline"])
+    fs, rs = (_rec(doc, n, "single-stream", 1) for n in names["single-stream"])
+    return {"backends": names, "elapsed_s": doc["config"].get("elapsed_s"),
+            "throughput": stats.paired_ratio_ci(f["rounds_samples_per_s"], r["rounds_samples_per_s"]),
             "p50": stats.paired_ratio_ci(rs["rounds_p50_ms"], fs["rounds_p50_ms"]),
             "reference_p50_ms": rs["latency_ms"]["p50"], "time": doc["env"].get("time"),
             "git_commit": doc["env"].get("git_commit")}
@@ -59,21 +79,28 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="offline batch size (default: 8)")
     p.add_argument("--sessions", type=int, default=3, help="benches, each its own session (default: 3)")
     p.add_argument("--every-min", type=float, default=20.0, help="minutes from one session's start to the next (default: 20)")
+    p.add_argument("--all-backends", action="store_true", help="bench every default backend, not only the two")
+    p.add_argument("--one", action="store_true", help="run one session (the next session-N.json), then rebuild")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "session-spread")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    sessions = []
-    for i in range(args.sessions):
+    for i in range(1 if args.one else args.sessions):
         start = time.monotonic()
-        out = args.out / f"session-{i + 1}.json"
-        cmd = [sys.executable, "-m", "harness", "bench", str(args.run_dir), "--backends", f"{args.reference},{args.fast}",
-               "--batch-sizes", str(args.batch_size), "--out", str(out)] + (["--data-root", args.data_root] if args.data_root else [])
-        print(f"[spread] session {i + 1}/{args.sessions}: {' '.join(cmd[1:])}", flush=True)
+        index = 1 + max([int(f.stem.split("-")[1]) for f in args.out.glob("session-*.json")], default=0)
+        out = args.out / f"session-{index}.json"
+        named = [] if args.all_backends or {args.fast, args.reference} & set(BEST) else \
+            ["--backends", f"{args.reference},{args.fast}"]
+        cmd = [sys.executable, "-m", "harness", "bench", str(args.run_dir), *named, "--batch-sizes", str(args.batch_size),
+               "--out", str(out)] + (["--data-root", args.data_root] if args.data_root else [])
+        print(f"[spread] session {index}: {' '.join(cmd[1:])}", flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
-        sessions.append(session_figures(json.loads(out.read_text()), args.fast, args.reference, args.batch_size))
-        if i + 1 < args.sessions:
+        if not args.one and i + 1 < args.sessions:
             time.sleep(max(0.0, 60 * args.every_min - (time.monotonic() - start)))
-    env = json.loads((args.out / "session-1.json").read_text())["env"]
+    files = sorted(args.out.glob("session-*.json"), key=lambda f: int(f.stem.split("-")[1]))
+    docs = [json.loads(f.read_text()) for f in files]
+    sessions = [session_figures(d, args.fast, args.reference, args.batch_size) | {"file": f.name}
+                for d, f in zip(docs, files)]
+    env = docs[0]["env"]
     result = {"command": " ".join(["python", "scripts/session_spread.py", *sys.argv[1:]]), "env": env,
               "fast": args.fast, "reference": args.reference, "batch_size": args.batch_size, "sessions": sessions,
               "throughput": spread(sessions, "throughput"), "p50": spread(sessions, "p50")}
@@ -84,16 +111,16 @@ def main() -> None:
 
 def readme(r: dict) -> str:
     label = coverage_label(r["throughput"]["coverage"])
-    rows = "\n".join(f"| {i + 1} | {s['time']} | {s['throughput']['median']:.2f}x [{s['throughput']['lo']:.2f}-"
+    rows = "\n".join(f"| {s['file']} | {s['time']} | {' vs '.join(s['backends']['offline'])} | {s['throughput']['median']:.2f}x [{s['throughput']['lo']:.2f}-"
                      f"{s['throughput']['hi']:.2f}] | {s['p50']['median']:.2f}x [{s['p50']['lo']:.2f}-{s['p50']['hi']:.2f}] | "
-                     f"{s['reference_p50_ms']:.1f} |" for i, s in enumerate(r["sessions"]))
+                     f"{s['reference_p50_ms']:.1f} | {(s.get('elapsed_s') or 0):.0f} |" for s in r["sessions"])
     t, p = r["throughput"], r["p50"]
     return f"""# Session-to-session spread of {r['fast']} against {r['reference']}
 
 Command: `{r['command']}`; CPU {r['env'].get('cpu_model')}, flags {', '.join(r['env'].get('cpu_flags') or [])}.
 
-| session | started | batch {r['batch_size']} samples/s, paired [{label}] | batch-1 p50, paired [{label}] | {r['reference']} p50 ms |
-|---|---|---|---|---|
+| session | started | offline: fast vs reference | batch {r['batch_size']} samples/s, paired [{label}] | batch-1 p50, paired [{label}] | reference p50 ms | bench s |
+|---|---|---|---|---|---|---|
 {rows}
 
 Across sessions the medians span {t['min']:.2f}x-{t['max']:.2f}x at batch {r['batch_size']} ({100 * t['spread']:.1f}%) and

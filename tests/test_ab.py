@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from harness.bench import stats
-from harness.bench.ab import CANNOT, FASTER, SAME, SLOWER, ab_rows, run_ab, side_labels, verdict
+from harness.bench.ab import (CANNOT, FASTER, SAME, SLOWER, RoundSizer, ab_rows, resolvable, rounds_for, run_ab,
+                              side_labels, sizing_text, verdict)
 from harness.bench.config import BenchConfig
 from harness.bench.launchers import interleave
 from harness.errors import UserError
@@ -23,7 +24,7 @@ def test_interleave_shuffles_per_round_records_what_ran_and_is_seeded():
     calls = []
     names = ["torch-eager", "ort-fp32", "ort-int8", "torch-bf16"]
     items = [("single-stream", 1), ("offline", 8)]
-    schedule = interleave(lambda: names, 6, items, lambda n, item, r: calls.append((r, item, n)), rng=random.Random(0))
+    schedule = interleave(lambda: names, 6, items, lambda n, item, r, s: calls.append((r, item, n)), rng=random.Random(0))
     assert len(schedule) == 6
     for r, orders in enumerate(schedule):
         assert set(orders) == {"single-stream|1", "offline|8"}
@@ -41,14 +42,88 @@ def test_interleave_shuffles_per_round_records_what_ran_and_is_seeded():
 def test_interleave_skips_a_backend_dropped_mid_round():
     live = ["a", "b", "c"]
 
-    def call(n, item, r):
+    def call(n, item, r, s):
         if n == "b":
             live.remove("b")  # what a failed worker call does: names() no longer gives it
     schedule = interleave(lambda: list(live), 3, [("offline", 1)], call, rng=random.Random(1))
     assert "b" in schedule[0]["offline|1"] and all("b" not in o["offline|1"] for o in schedule[1:])
 
 
-# ---------------------------------------------------------------------------- the verdict
+def test_interleave_slices_alternate_abba_and_record_the_order_once():
+    calls = []
+    schedule = interleave(lambda: ["a", "b", "c"], 2, [("offline", 8)], lambda n, item, r, s: calls.append((r, s, n)),
+                          rng=random.Random(3), slices=4)
+    for r, orders in enumerate(schedule):
+        order = orders["offline|8"]
+        assert sorted(order) == ["a", "b", "c"]  # recorded once per round
+        for s in range(4):  # every slice runs every lane, odd slices in the reverse order
+            assert [n for rr, ss, n in calls if (rr, ss) == (r, s)] == (order if s % 2 == 0 else order[::-1])
+
+
+def test_interleave_runs_the_rounds_extend_asks_for_never_fewer():
+    asked = []
+
+    def extend(done):
+        asked.append(done)
+        return 5 if done >= 3 else 1
+    schedule = interleave(lambda: ["a", "b"], 3, [("offline", 1)], lambda *a: None, extend=extend)
+    assert len(schedule) == 5 and asked == [3, 4, 5]
+    # asking for fewer than the pilot changes nothing
+    assert len(interleave(lambda: ["a"], 4, [("offline", 1)], lambda *a: None, extend=lambda d: 1)) == 4
+
+
+# ---------------------------------------------------------------------------- sizing the session
+def test_rounds_for_and_resolvable_are_inverse():
+    # 44 rounds: the interval is [x(16), x(29)] (95.1%), whose upper end estimates the normal quantile
+    # 29/45 = 0.644 (0.370 sigma above the centre, standard error 0.192 sigma): 0.08 x (0.370 + 1.2816 x 0.192) < 0.05
+    n = rounds_for(0.08, 0.05)
+    assert n == 44 and stats.order_k(n)[0] == 16
+    assert resolvable(0.08, n) <= 0.05 < resolvable(0.08, n - 1)
+    assert rounds_for(0.0, 0.05) == 6 and rounds_for(0.02, 0.05) < rounds_for(0.04, 0.05)
+
+
+class _Lane:
+    def __init__(self, sps):
+        self.live = True
+        self.rounds = {"offline|8": [{"samples": 8 * 100, "duration_s": 100 * 8 / v, "latencies_s": []} for v in sps]}
+
+
+def test_round_sizer_reads_the_widest_row_and_caps_at_max_rounds():
+    rng = np.random.default_rng(0)
+    old = 100 * np.exp(rng.normal(0, 0.01, 12))
+    quiet = old * np.exp(rng.normal(0, 0.01, 12))
+    noisy = old * np.exp(rng.normal(0, 0.08, 12))
+    lanes = {"OLD/ort-fp32": _Lane(old), "NEW/ort-fp32": _Lane(quiet), "OLD/ort-int8": _Lane(old),
+             "NEW/ort-int8": _Lane(noisy)}
+    sizer = RoundSizer(["OLD", "NEW"], pilot=12, detect=0.05, max_rounds=60)
+    want = sizer(lanes, 12)
+    assert sizer.widest == "NEW/ort-int8/offline|8" and 0.04 < sizer.sigma < 0.16
+    assert want == min(60, max(12, rounds_for(sizer.sigma, 0.05)))
+    rec = sizer.record(want)
+    assert rec["rounds_run"] == want and rec["resolves"] == pytest.approx(resolvable(sizer.sigma, want))
+    capped = RoundSizer(["OLD", "NEW"], pilot=12, detect=0.005, max_rounds=20)
+    assert capped(lanes, 12) == 20 and capped.wanted > 20
+    assert "too noisy" in sizing_text(capped.record(20)) and "too noisy" not in sizing_text(rec | {"rounds_wanted": 5})
+
+
+def test_sized_sessions_catch_a_5pct_slowdown_and_stay_quiet_on_a_a():
+    """The sizing's promise on simulated rounds (normal per-round log ratios, sigma 6%): at the rounds
+    it asks for, a true 5% slowdown is called slower at least 85% of the time (target 90%; 93.7% in
+    1,000 simulated sessions) and an
+    A/A session says no change at least 95% of the time."""
+    rng = np.random.default_rng(1)
+    sigma, n = 0.06, rounds_for(0.06, 0.05)
+    slower = same = 0
+    for _ in range(400):
+        for shift, tally in ((np.log(0.95), "slow"), (0.0, "aa")):
+            logs = rng.normal(shift, sigma, n)
+            r = stats.paired_ratio_ci(np.exp(logs), np.ones(n))
+            v = verdict(r, 0.02)
+            slower += tally == "slow" and v == SLOWER
+            same += tally == "aa" and v == SAME
+    assert slower >= 0.85 * 400 and same >= 0.95 * 400
+
+
 def test_verdict_needs_a_real_and_a_large_enough_difference():
     assert verdict({"median": 0.95, "lo": 0.93, "hi": 0.97}, 0.02) == SLOWER
     assert verdict({"median": 0.95, "lo": 0.90, "hi": 1.01}, 0.02) == SAME   # interval reaches 1: not shown
@@ -114,8 +189,10 @@ def test_ab_on_a_graph_built_to_be_slower_exits_1(tiny_run, data_root, tmp_path,
     add_zero_chain(tiny_run / "onnx" / "model.onnx", new / "onnx" / "model.onnx", 400)
     cfg = BenchConfig(backends=["ort-fp32"], scenarios=["offline"], batch_sizes=[2], rounds=6, min_duration=0.02,
                       min_queries=4, warmup=1, threads=1, accuracy_samples=4, isolate=False)
-    doc, code = run_ab([tiny_run, new], cfg, data_root=data_root, out=tmp_path / "ab.json", argv=["segvae", "ab"])
+    doc, code = run_ab([tiny_run, new], cfg, data_root=data_root, out=tmp_path / "ab.json", argv=["segvae", "ab"],
+                       detect=None)
     assert code == 1 and doc["verdict"] == "regression"
+    assert doc["config"]["rounds_sizing"] == {"rule": "fixed: 6 rounds"}
     (row,) = doc["ab"]
     assert (row["backend"], row["scenario"], row["batch_size"]) == ("ort-fp32", "offline", 2)
     assert row["speed"] == SLOWER and row["ratio"]["hi"] < 0.9 and row["accuracy"] == "pass"  # same outputs
@@ -129,6 +206,18 @@ def test_ab_on_a_graph_built_to_be_slower_exits_1(tiny_run, data_root, tmp_path,
     out = capsys.readouterr().out
     assert "A/B benchmark, one session: REGRESSION" in out and "current checkout's model code" in out
     assert "96.9% CI" in out and "95%" not in out
+    # sized (the default): an A/A session of the same graphs runs the pilot, then what its spread asks for
+    same = tmp_path / "same" / "tiny-unet"
+    shutil.copytree(tiny_run, same)
+    doc, code = run_ab([tiny_run, same], BenchConfig(**{**cfg.__dict__, "rounds": 4, "slices": 3}), data_root=data_root,
+                       out=tmp_path / "aa.json", argv=["segvae", "ab"], detect=0.05, max_rounds=8)
+    sizing = doc["config"]["rounds_sizing"]
+    # three turns per round, each at least a third of the round's batches (min_queries 4 samples = 2 batches of 2)
+    assert doc["config"]["slices_used"] == 3
+    assert all(r["queries_per_round"] >= 3 for r in doc["results"])
+    assert 4 <= doc["config"]["rounds"] == sizing["rounds_run"] == len(doc["config"]["order"]["schedule"]["A/B"]) <= 8
+    assert sizing["pilot"] == 4 and sizing["sigma_log_ratio"] is not None and doc["ab"][0]["ratio"]["n"] == sizing["rounds_run"]
+    assert "Rounds: " in capsys.readouterr().out
     # bad input exits 2: a server scenario, one run folder only
     assert main(["ab", str(tiny_run), str(new), "--scenarios", "server"]) == 2
     assert main(["ab", str(tiny_run)]) == 2

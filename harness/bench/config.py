@@ -53,6 +53,8 @@ class BenchConfig:
     ort_opt_level: str = "all"                   # ONNX Runtime graph optimization: all|extended|basic|disable
     processes: int = 1                           # fresh worker processes per backend, rounds split among them
     wait: str = "spin"                           # idle threads: spin (libgomp's and ORT's defaults) | passive
+    slices: int | None = None                    # backends alternate this many times per round; None: 1 in the
+                                                 # bench, min_duration / 50 ms in the A/B mode (ab.auto_slices)
 
     def validate(self) -> "BenchConfig":
         if self.backends is not None:
@@ -73,7 +75,7 @@ class BenchConfig:
             if v is not None and not (isinstance(v, (int, float)) and 0 < v < math.inf):
                 raise UserError(f"invalid {name}={v!r}: expected a positive finite number")
         check_target(self.accuracy_target)
-        for name in ("threads", "accuracy_samples"):
+        for name in ("threads", "accuracy_samples", "slices"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise UserError(f"invalid {name}={v!r}: expected a positive integer")

@@ -94,27 +94,39 @@ class LocalWorker:
 
 
 def interleave(names: Callable[[], Iterable[str]], rounds: int, items: Iterable, call: Callable,
-               on_round: Callable[[int], None] | None = None, rng: random.Random | None = None) -> list[dict]:
+               on_round: Callable[[int], None] | None = None, rng: random.Random | None = None,
+               extend: Callable[[int], int] | None = None, slices: int = 1) -> list[dict]:
     """for r in rounds: for each item (scenario, batch size): for each backend names() gives (asked
     afresh, so one whose call failed is dropped for the rest), in an order shuffled per (round,
-    item) by `rng` (None: names()'s order): call(name, item, r); then on_round(r + 1). Returns the
-    orders actually run: [{"scenario|bs": [name, ...]}, ...], one dict per round."""
+    item) by `rng` (None: names()'s order): call(name, item, r, s) for each slice s of the round,
+    the order reversed every other slice (ABBA: a drift within the round hits every backend alike;
+    slices > 1 alternate the backends many times per round, so the host's sub-second swings land on
+    all of them); then on_round(r + 1). extend(r),
+    asked after every round r from `rounds` on, may ask for more rounds in all (the A/B mode sizes
+    its session from the spread its first rounds show). Returns the orders actually run:
+    [{"scenario|bs": [name, ...]}, ...], one dict per round."""
     items = list(items)
     schedule = []
-    for r in range(rounds):
+    target, r = rounds, 0
+    while r < target:
         orders = {}
         for item in items:
             order = list(names())
             if rng is not None:
                 rng.shuffle(order)
             ran = orders[f"{item[0]}|{item[1]}"] = []
-            for name in order:
-                if name in names():  # not dropped by an earlier call of this round
-                    ran.append(name)
-                    call(name, item, r)
+            for sl in range(slices):
+                for name in (order if sl % 2 == 0 else order[::-1]):
+                    if name in names():  # not dropped by an earlier call of this round
+                        if sl == 0:
+                            ran.append(name)
+                        call(name, item, r, sl)
         schedule.append(orders)
+        r += 1
+        if extend is not None and r >= rounds:
+            target = max(rounds, extend(r))
         if on_round is not None:
-            on_round(r + 1)
+            on_round(r)
     return schedule
 
 

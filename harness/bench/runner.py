@@ -70,6 +70,8 @@ class Ctx:
     omp_policy: str = ""
     t_start: float = field(default_factory=time.perf_counter)
     schedule: dict = field(default_factory=dict)  # run -> the order the lanes ran in, per round
+    extend_rounds: object = None                 # the A/B mode: (lanes, rounds done) -> rounds wanted in all
+    slices: int = 1                              # the A/B mode: lanes alternate this many times per round
 
 
 # =========================================================================== entry point
@@ -120,7 +122,8 @@ def bench_context(cfg: BenchConfig, data_root=None, judge_fn=None):
     isolated = bool(cfg.isolate and dist.world == 1)
     host = machine()
     names, skipped = _choose(cfg, device, dist, host)
-    ctx = Ctx(cfg, dist, device, threads, isolated, names, skipped, data_root, judge_fn, host=host)
+    ctx = Ctx(cfg, dist, device, threads, isolated, names, skipped, data_root, judge_fn, host=host,
+              slices=cfg.slices or 1)
     import torch
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -318,30 +321,49 @@ def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[
     what = jobs[0]["run"] if sides is None else " vs ".join(sides)
     rng = random.Random(cfg.seed)  # the same on every rank: ranks take the same turns
 
+    slices = ctx.slices
+
     def measure(items) -> list[dict]:
-        def call(k, item, r):
+        def call(k, item, r, sl=0):
             scen, bs = item
             b = backends[k]
             extra = ctx.server.get(b.job["run"], {}) if SCENARIOS[scen].paced else {}
-            m = _safe(ctx, b.job, b, "measure", scenario=scen, batch_size=bs,
-                      timing=cfg.timing(scen, bs), rate=extra.get("rate"), bound_ms=extra.get("bound_ms"),
-                      seed=cfg.seed + r)
-            if m is not None:
-                b.rounds.setdefault(f"{scen}|{bs}", []).append(m)
+            timing = cfg.timing(scen, bs)
+            if slices > 1:  # each slice a share of the round's stopping rule; warm-up once per round
+                timing = {"min_queries": -(-timing["min_queries"] // slices),
+                          "min_duration": timing["min_duration"] / slices}
+            m = _safe(ctx, b.job, b, "measure", scenario=scen, batch_size=bs, timing=timing, rate=extra.get("rate"),
+                      bound_ms=extra.get("bound_ms"), seed=cfg.seed + r, warmup=None if sl == 0 else 0)
+            if m is None:
+                return
+            done = b.rounds.setdefault(f"{scen}|{bs}", [])
+            if sl == 0:
+                done.append(m)
+            else:  # the round's slices are one measurement: their batches and times add up
+                whole = done[-1]
+                whole["latencies_s"] += m["latencies_s"]
+                whole["duration_s"] += m["duration_s"]
+                whole["samples"] += m["samples"]
         t0 = time.perf_counter()
         fresh = _generations(cfg.rounds, cfg.processes) if ctx.isolated else []
+        planned = [cfg.rounds]
+
+        def extend(r):
+            planned[0] = ctx.extend_rounds(backends, r)
+            return planned[0]
 
         def after_round(r):
-            _log(f"{what}: round {r}/{cfg.rounds} of {', '.join(f'{s} bs{b}' for s, b in items)} "
+            _log(f"{what}: round {r}/{planned[0]} of {', '.join(f'{s} bs{b}' for s, b in items)} "
                  f"({time.perf_counter() - t0:.0f}s){'; fresh worker processes' if r in fresh else ''}", rank)
             if r in fresh:
                 _respawn(ctx, backends, workers)
-        return interleave(lambda: _live(backends, timed=True), cfg.rounds, items, call, after_round, rng)
+        return interleave(lambda: _live(backends, timed=True), cfg.rounds, items, call, after_round, rng,
+                          extend if ctx.extend_rounds is not None else None, slices if not paced_items(items) else 1)
 
     items = _items(cfg, paced=False)
     schedule = measure(items) if items else [{} for _ in range(cfg.rounds)]
     for k in _live(backends, timed=True):
-        _log(f"{what} | {k}: {cfg.rounds} rounds of {len(items)} measurement(s) done", rank)
+        _log(f"{what} | {k}: {len(schedule)} rounds of {len(items)} measurement(s) done", rank)
     paced = _items(cfg, paced=True)
     if paced:  # at one rate and bound per model, derived from the reference's single-stream
         if len(jobs) != 1:
@@ -366,6 +388,11 @@ def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[
     for b in backends.values():
         per_job[b.side][b.name] = b.result()
     return per_job, schedule
+
+
+def paced_items(items) -> bool:
+    """Any paced (server) measurement among them: its queries arrive on a schedule that one round spans."""
+    return any(SCENARIOS[s].paced for s, _ in items)
 
 
 def _items(cfg: BenchConfig, paced: bool) -> list[tuple[str, int]]:
@@ -467,6 +494,7 @@ def measure(ctx: Ctx, run_dirs: list[Path], argv, sides: list[str] | None = None
         "config": {**asdict(ctx.cfg), "threads": ctx.threads, "device_resolved": str(ctx.device),
                    "isolation": "subprocess" if ctx.isolated else "none",
                    "processes_used": ctx.cfg.processes if ctx.isolated else 1, "world_size": ctx.dist.world,
+                   "slices_used": ctx.slices,
                    "backends_run": [n for n in ctx.names if n not in ctx.skipped],
                    "accuracy_batch_size": ctx.cfg.accuracy_batch_size, "omp_wait_policy": ctx.omp_policy,
                    "malloc": {"torch workers": retain_freed_memory(), "ort workers": ORT_MALLOC["source"]},

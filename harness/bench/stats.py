@@ -85,14 +85,13 @@ def early_stopping_percentile(values: Sequence[float], p: float,
     return float(a[n - max(t, 1)]), t
 
 
-def _order_k(n: int, confidence: float) -> tuple[int, float]:
+def order_k(n: int, confidence: float = CONFIDENCE) -> tuple[int, float]:
     """(k, coverage) of the interval [x_(k), x_(n+1-k)]: the largest k whose coverage >= confidence,
-    else k = 1 with its coverage."""
+    else k = 1 with its coverage. Coverage falls as k grows, so k is found by bisection."""
     def coverage(k: int) -> float:
         return 1.0 - 2.0 * (1.0 - _binom_tail_ge(n, 0.5, k))  # 1 - 2 P(B <= k-1)
-    k = 1
-    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
-        k += 1
+    top = (n + 1) // 2
+    k = max(1, _first_true(1, top + 1, lambda k: coverage(k) < confidence) - 1)
     return k, coverage(k)
 
 
@@ -104,7 +103,7 @@ def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> dict |
         return None
     if n == 1:
         return {"median": float(a[0]), "lo": float(a[0]), "hi": float(a[0]), "coverage": 0.0, "n": 1}
-    k, cov = _order_k(n, confidence)
+    k, cov = order_k(n, confidence)
     return {"median": float(np.median(a)), "lo": float(a[k - 1]), "hi": float(a[n - k]), "coverage": cov, "n": n}
 
 

@@ -5,7 +5,8 @@ copy of stdout while fd 1 is pointed at stderr, so library prints never corrupt 
 in process (launchers.LocalWorker, distributed runs). Commands:
 
   load      {job}                      build the backend for a run, prepare every batch size
-  measure   {scenario, batch_size, timing, rate?, bound_ms?, seed}   one round -> Measurement.pack()
+  measure   {scenario, batch_size, timing, rate?, bound_ms?, seed, warmup?}   one round (or a slice of
+                                       one: warmup 0) -> Measurement.pack()
   search    {start_rate, bound_ms, timing, seed}                     highest rate meeting the bound
   accuracy  {batch_size}               this rank's shard of the test inputs -> outputs saved as .npy
   finish    {}                         peak RSS of this run (whole, and serving: without the accuracy
@@ -81,7 +82,7 @@ class Worker:
         return _take(self.arrays, np.arange(b) % n)
 
     def op_measure(self, scenario: str, batch_size: int, timing: dict, rate: float | None = None,
-                   bound_ms: float | None = None, seed: int = 0) -> dict | None:
+                   bound_ms: float | None = None, seed: int = 0, warmup: int | None = None) -> dict | None:
         kind = SCENARIOS[scenario]
         if not kind.all_ranks and self.rank != 0:  # rank 0 measures latency scenarios alone
             return None
@@ -89,8 +90,8 @@ class Worker:
         run = self.backend.bind(inputs)
         if kind.all_ranks and self.dist is not None:
             self.dist.barrier()  # ranks measure together: their throughputs add up
-        m = kind.measure(run, batch_size, timing=timing, warmup=self.settings["warmup"], rate=rate,
-                         bound_ms=bound_ms, seed=seed)
+        warmup = self.settings["warmup"] if warmup is None else warmup
+        m = kind.measure(run, batch_size, timing=timing, warmup=warmup, rate=rate, bound_ms=bound_ms, seed=seed)
         out = m.pack()
         out["h2d_ms"] = self.backend.h2d_ms(inputs)
         return out
