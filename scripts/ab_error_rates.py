@@ -106,7 +106,7 @@ def ab_session(old: Path, new: Path, out: Path, args, rounds: int | None = None)
     if args.data_root:
         cmd += ["--data-root", args.data_root]
     if rounds:
-        cmd += ["--rounds", str(rounds)]
+        cmd += ["--rounds", str(rounds), "--fixed-rounds"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -186,7 +186,14 @@ def main() -> None:
         "what": "error rates of the A/B gate (segvae ab) and the cross-session gate (segvae compare)",
         "command": " ".join(["python", "scripts/ab_error_rates.py", *sys.argv[1:]]),
         "env": env, "model": str(args.run_dir), "backend": BACKEND, "scenario": SCENARIO, "batch_size": BATCH,
-        "ab_defaults": {"rounds": aa[0]["config"]["rounds"], "min_duration": aa[0]["config"]["min_duration"],
+        "ab_defaults": {"rounds": aa[0]["config"]["rounds_sizing"]["rule"],
+                        "rounds_run": {"aa": [d["config"]["rounds"] for d in aa], "slowed": [d["config"]["rounds"] for d in sl]},
+                        "sigma_log_ratio": {"aa": [d["config"]["rounds_sizing"].get("sigma_log_ratio") for d in aa],
+                                            "slowed": [d["config"]["rounds_sizing"].get("sigma_log_ratio") for d in sl]},
+                        "seconds_per_session": {"aa": [d["config"]["elapsed_s"] for d in aa],
+                                                "slowed": [d["config"]["elapsed_s"] for d in sl]},
+                        "slices": aa[0]["config"].get("slices_used"), "wait": aa[0]["config"].get("wait"),
+                        "min_duration": aa[0]["config"]["min_duration"],
                         "min_queries": aa[0]["config"]["min_queries"], "max_slowdown": DEFAULT_MAX_SLOWDOWN},
         "compare_max_slowdown": COMPARE_MAX_SLOWDOWN,
         "slowed_graph": {"extra_ops": ops, "calibration": cal, "size": size["ratio"],
@@ -216,6 +223,12 @@ def readme(r: dict) -> str:
         return f"{tally.get(v, 0)}/{n}"
     ab, cs = r["ab"], r["cross_session"]
     cov = 100 * s["coverage"]
+    d = r["ab_defaults"]
+    runs = sorted(d["rounds_run"]["aa"] + d["rounds_run"]["slowed"])
+    secs = sorted(d["seconds_per_session"]["aa"] + d["seconds_per_session"]["slowed"])
+    ab_settings = (f"defaults: sized rounds ({runs[0]}-{runs[-1]}, median {statistics.median(runs):g}), {d['slices']} turns per "
+                   f"round, idle threads {d['wait']}, max slowdown {100 * d['max_slowdown']:g}%; "
+                   f"{statistics.median(secs):.0f} s per session (median)")
     return f"""# Error rates of the regression gates
 
 Command: `{r['command']}` ({r['elapsed_s'] / 60:.0f} min)
@@ -230,7 +243,7 @@ rounds: NEW/OLD samples/s {s['median']:.4f} [{s['lo']:.4f}, {s['hi']:.4f}] ({cov
 
 | gate | settings | A/A: "no change" | A/A: "slower" | A/A: "faster" | slowed: "slower" |
 |---|---|---|---|---|---|
-| `segvae ab` (one session, paired rounds) | {r['ab_defaults']['rounds']} rounds, max slowdown {100 * r['ab_defaults']['max_slowdown']:g}% | {count(ab['aa'], SAME)} | {count(ab['aa'], SLOWER)} | {count(ab['aa'], FASTER)} | {count(ab['slowed'], SLOWER)} |
+| `segvae ab` (one session, paired rounds) | {ab_settings} | {count(ab['aa'], SAME)} | {count(ab['aa'], SLOWER)} | {count(ab['aa'], FASTER)} | {count(ab['slowed'], SLOWER)} |
 | `segvae compare` (two sessions, disjoint intervals) | the same sessions' sides, max slowdown {100 * r['compare_max_slowdown']:g}% | {count(cs['aa'], 'no significant change')} | {count(cs['aa'], SLOWER)} | {count(cs['aa'], FASTER)} | {count(cs['slowed'], SLOWER)} |
 
 What it means: the A/B gate pairs NEW and OLD round by round, so the host's drift cancels in the ratio;
