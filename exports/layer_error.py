@@ -70,6 +70,21 @@ def _float_inputs(node, int8_model: onnx.ModelProto, fp32_names: set[str], weigh
     return out
 
 
+def _same_source(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, fp32_path: Path, int8_path: Path) -> None:
+    """Tensors are compared by name, and names are only meaningful between an int8 graph and the fp32 graph
+    it was quantized from: a rewritten source (e.g. ConvTranspose as Conv + DepthToSpace) numbers its nodes
+    differently from the shipped fp32 graph. Both record their rewrites (metadata `graph_rewrites`)."""
+    from models.errors import UserError
+
+    def rewrites(m):
+        return {p.key: p.value for p in m.metadata_props}.get("graph_rewrites")
+
+    a, b = rewrites(fp32_model), rewrites(int8_model)
+    if a is not None and b is not None and a != b:
+        raise UserError(f"{int8_path.name} was quantized from a graph with rewrites {b}, {fp32_path.name} has {a}: "
+                        "per-layer errors need the fp32 graph it was made from (export.json int8.from)")
+
+
 def _augment(path: Path, out: Path) -> Path:
     from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
 
@@ -99,6 +114,7 @@ def layer_errors(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarray
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     int8_model = onnx.load(str(int8_path))
     fp32_model = onnx.load(str(fp32_path))
+    _same_source(fp32_model, int8_model, fp32_path, int8_path)
     weights = {i.name for i in fp32_model.graph.initializer}
     fp32_names = {o for n in fp32_model.graph.node for o in n.output} | {i.name for i in fp32_model.graph.input}
     nodes = []

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from models.errors import UserError
+from models.rewrites import DEFAULT_UP4
 
 OPSET = 18
 PARITY_BATCHES = (1, 7)
@@ -47,7 +48,7 @@ FP16_TOLERANCE = 1e-2  # fp16 has an 11-bit mantissa (~5e-4 relative per op); er
 EXTERNAL_DATA_LIMIT = int(1.5 * 2**30)  # bytes of weights above which they go to <file>.data beside it
 
 __all__ = ["GraphSpec", "graph_specs", "build_metadata", "export_graph", "parity", "parity_checks",
-           "check_parity", "export_checked", "fp16_checked", "OPSET", "FP16_TOLERANCE", "REWRITES"]
+           "check_parity", "export_checked", "fp16_checked", "OPSET", "FP16_TOLERANCE", "REWRITES", "UP4_REWRITES"]
 
 
 # ---------------------------------------------------------------------------- graph descriptions
@@ -75,13 +76,24 @@ REWRITES = {
     "fold_batchnorm": "each Conv+BatchNorm pair folded into one Conv",
     "pixel_shuffle_up": "ConvTranspose2d(2, stride 2) as 1x1 Conv + DepthToSpace, so that the int8 graph "
                         "holds no fp32 ConvTranspose (applied to the int8 graph only: fp32 is faster without it)",
+    # the CVAE decoder's ConvTranspose2d(4, 2, 1): models.rewrites.SubpixelUp4, form conv3x3 or conv2x2
+    "subpixel_up4": "ConvTranspose2d(4, stride 2, padding 1) as a 3x3 Conv to 4*cout channels + DepthToSpace "
+                    "(2.25x the MACs), so the int8 graph holds no fp32 ConvTranspose (int8 graph only)",
+    "subpixel_up4_2x2": "ConvTranspose2d(4, stride 2, padding 1) as a 2x2 Conv (padding 1) to 4*cout channels, "
+                        "a crop per output phase + DepthToSpace (the ConvTranspose's MACs), so the int8 graph "
+                        "holds no fp32 ConvTranspose (int8 graph only)",
 }
+UP4_REWRITES = {"conv3x3": "subpixel_up4", "conv2x2": "subpixel_up4_2x2"}  # SubpixelUp4 form -> REWRITES key
 
 
 def graph_specs(cfg, model: torch.nn.Module, fold_batchnorm: bool = True,
-                pixel_shuffle_up: bool = False) -> list[GraphSpec]:
+                pixel_shuffle_up: bool = False, convtranspose4: str = DEFAULT_UP4) -> list[GraphSpec]:
     """The graphs of one run. UNets are exported in `models.unet.inference_form` (same function,
-    checked against the trained module) with the rewrites asked for."""
+    checked against the trained module) with the rewrites asked for. pixel_shuffle_up: the transposed
+    convs as Conv + DepthToSpace (the graph that is quantized): the UNet's ConvTranspose2d(2, stride 2)
+    (`pixel_shuffle_up`), the CVAE's ConvTranspose2d(4, stride 2, padding 1) in `models.cvae.inference_form`
+    with form `convtranspose4` ("conv3x3" | "conv2x2": REWRITES `subpixel_up4` / `subpixel_up4_2x2`).
+    fold_batchnorm applies to UNets only (the CVAE has no BatchNorm)."""
     from torch.export import Dim
 
     batch = Dim("batch", min=1)
@@ -99,24 +111,31 @@ def graph_specs(cfg, model: torch.nn.Module, fold_batchnorm: bool = True,
             {"image": f"float32 [N,3,H,W], RGB/255 normalised with ImageNet mean/std; H, W multiples of {step}"},
             "float32 [N,1,H,W] mask logits; probability = sigmoid(logits); mask = logits > 0 "
             "(probability > 0.5); 1 = pet, 0 = background", reference=model.eval(), rewrites=rewrites)]
-    from models.cvae import Decoder, LabelSwap
+    from models.cvae import Decoder, LabelSwap, inference_form
 
     c, s, k = int(cfg.model["in_channels"]), int(cfg.model["image_size"]), cfg.num_classes
     latent = int(cfg.model["latent_dim"])
+    if convtranspose4 not in UP4_REWRITES:
+        raise UserError(f"convtranspose4 must be one of {', '.join(UP4_REWRITES)}, got {convtranspose4!r}")
+    model = model.eval()
+    deployed, rewrites = model, ()
+    if pixel_shuffle_up:  # the trained model stays the parity reference
+        deployed, rewrites = inference_form(model, convtranspose4), (UP4_REWRITES[convtranspose4],)
     return [
-        GraphSpec("swap.onnx", "swap", LabelSwap(model).eval(), ["image", "label", "new_label", "eps"], "generated",
+        GraphSpec("swap.onnx", "swap", LabelSwap(deployed).eval(), ["image", "label", "new_label", "eps"], "generated",
                   ({0: batch}, {0: batch}, {0: batch}, {0: batch}),
                   {"image": f"float32 [N,{c},{s},{s}] in [0,1]",
                    "label": f"int64 [N] true class in [0,{k})",
                    "new_label": f"int64 [N] class to generate in [0,{k})",
                    "eps": f"float32 [N,{latent}] standard normal noise (z = mu + sigma * eps)"},
                   f"float32 [N,{c},{s},{s}] in [0,1]: the decoder mean for (encode(image, label) sampled "
-                  "with eps, new_label)"),
-        GraphSpec("decoder.onnx", "decoder", Decoder(model).eval(), ["z", "label"], "generated",
+                  "with eps, new_label)", reference=LabelSwap(model).eval(), rewrites=rewrites),
+        GraphSpec("decoder.onnx", "decoder", Decoder(deployed).eval(), ["z", "label"], "generated",
                   ({0: batch}, {0: batch}),
                   {"z": f"float32 [N,{latent}] latent (standard normal for sampling from the prior)",
                    "label": f"int64 [N] class in [0,{k})"},
-                  f"float32 [N,{c},{s},{s}] in [0,1]: the decoder mean for (z, label)"),
+                  f"float32 [N,{c},{s},{s}] in [0,1]: the decoder mean for (z, label)",
+                  reference=Decoder(model).eval(), rewrites=rewrites),
     ]
 
 

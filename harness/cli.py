@@ -83,7 +83,7 @@ def _export(a) -> int:
                fold_batchnorm=not a.no_fold_batchnorm, int8_pixel_shuffle_up=not a.keep_convtranspose,
                fp16=a.fp16, fp16_tolerance=a.fp16_tolerance, accuracy_target=a.accuracy_target, strict=a.strict,
                reduce_range=a.reduce_range, max_mae=a.max_mae,
-               int8_fallback=a.int8_fallback, max_fallback=a.max_fallback, quant=quant)
+               int8_fallback=a.int8_fallback, max_fallback=a.max_fallback, quant=quant, int8_up4=a.int8_up4)
     _log_results(a)
     return 0
 

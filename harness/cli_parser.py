@@ -160,8 +160,14 @@ def _export(sub) -> None:
     e.add_argument("--no-fold-batchnorm", action="store_true",
                    help="UNet: keep BatchNorm nodes instead of folding them into the convs (default: fold)")
     e.add_argument("--keep-convtranspose", action="store_true",
-                   help="UNet int8: quantize the graph with its ConvTranspose (fp32 on ORT's CPU provider) instead "
-                        "of the 1x1 Conv + DepthToSpace form (default: the rewrite)")
+                   help="int8: quantize the graph with its ConvTranspose layers (fp32 on ORT's CPU provider) "
+                        "instead of their Conv + DepthToSpace form: the UNet's 1x1 Conv, the CVAE decoder's "
+                        "3x3 or 2x2 Conv, see --int8-up4 (default: the rewrite)")
+    e.add_argument("--int8-up4", choices=["conv3x3", "conv2x2"], default="conv3x3",
+                   help="CVAE int8: the form of ConvTranspose2d(4, stride 2, padding 1) in the quantized graph: "
+                        "conv3x3 (one 3x3 Conv to 4x the channels + DepthToSpace, 2.25x the MACs) or conv2x2 "
+                        "(one 2x2 Conv, a crop per output phase + DepthToSpace, the ConvTranspose's MACs) "
+                        "(default: conv3x3)")
     e.add_argument("--fp16", action="store_true",
                    help="also write model.fp16.onnx / swap.fp16.onnx for ORT's CUDA provider (default: off)")
     e.add_argument("--fp16-tolerance", type=positive_float, default=1e-2,

@@ -31,12 +31,19 @@ from harness.hardware import VNNI_FLAGS, machine
 from harness.io import atomic_write_json
 from harness.run_folder import (EXPORT_FILE, GRAPH_FILES, ONNX_DIR, ONNX_PRECISIONS, data_root_for, load_run,
                                 onnx_name)
+from models.rewrites import DEFAULT_UP4, UP4_FORMS
 
-INT8_SOURCE = "model.int8-source.onnx"  # the rewritten fp32 UNet graph int8 is made from (checked, not shipped)
+
+def int8_source(graph_file: str) -> str:
+    """The rewritten fp32 graph int8 is made from (checked, not shipped): model.onnx -> model.int8-source.onnx."""
+    return onnx_name(graph_file, "int8-source")
+
+
+INT8_SOURCE = int8_source(GRAPH_FILES["segmentation"])  # the UNet's: model.int8-source.onnx
 # every name an export may write: stale ones from an earlier export are removed when not rewritten
 KNOWN_OUTPUTS = (*(onnx_name(g, p) for g in GRAPH_FILES.values() for p in ONNX_PRECISIONS), EXPORT_FILE)
 
-__all__ = ["export_run", "INT8_SOURCE", "KNOWN_OUTPUTS"]
+__all__ = ["export_run", "INT8_SOURCE", "KNOWN_OUTPUTS", "int8_source"]
 
 
 @dataclass
@@ -77,7 +84,7 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
                int8_pixel_shuffle_up: bool = True, fp16: bool = False, fp16_tolerance: float = FP16_TOLERANCE,
                accuracy_target: float = DEFAULT_TARGET, strict: bool = False, reduce_range: str = "auto",
                max_mae: float = DEFAULT_MAX_MAE, int8_fallback: bool = False, max_fallback: int = 8,
-               quant: QuantOptions | None = None) -> dict:
+               quant: QuantOptions | None = None, int8_up4: str = DEFAULT_UP4) -> dict:
     """Export run_dir (config.json + model.safetensors) to ONNX in out_dir (default run_dir/onnx).
 
     Checks parity with PyTorch on held-out data at batch 1 and 7 on ORT's CPU provider (UserError
@@ -85,14 +92,19 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     swap.int8.onnx calibrated on `calib_count` training images, with its accuracy gate against the fp32
     graph (export.json `accuracy_gate`; strict=True refuses a failing graph); fp16=True writes
     model.fp16.onnx / swap.fp16.onnx for ORT's CUDA provider, checked within fp16_tolerance.
-    fold_batchnorm and int8_pixel_shuffle_up choose the UNet's graph rewrites (see REWRITES; the
-    second applies to the graph that is quantized, itself exported and parity-checked first).
+    fold_batchnorm (UNets) and int8_pixel_shuffle_up choose the graph rewrites (see REWRITES). The second
+    applies to the graph that is quantized only, itself exported and parity-checked first (not shipped):
+    the UNet's ConvTranspose2d(2, stride 2) as 1x1 Conv + DepthToSpace, the CVAE's ConvTranspose2d(4,
+    stride 2, padding 1) as a SubpixelUp4 of form int8_up4 ("conv3x3" | "conv2x2"); the fp32 files keep
+    their ConvTranspose.
     data_root None: the data root the run recorded (RUN/run.json); a run that recorded none is an error.
     Returns the export.json dict.
     """
     settings = ExportSettings(quantize, calib_count, tolerance, threads, fp16, fp16_tolerance, accuracy_target, strict,
                               reduce_range, max_mae, int8_fallback, max_fallback, quant or QuantOptions())
     settings.validate()
+    if int8_up4 not in UP4_FORMS:
+        raise UserError(f"invalid int8_up4={int8_up4!r}: expected one of {', '.join(UP4_FORMS)}")
     run_dir = Path(run_dir)
     cfg, model = load_run(run_dir)
     model.eval()
@@ -106,9 +118,10 @@ def export_run(run_dir, out_dir=None, quantize=None, calib_count: int = 128, dat
     try:
         specs = graph_specs(cfg, model, fold_batchnorm=fold_batchnorm)
         to_quantize = None
-        if quantize == "int8" and cfg.task == "segmentation" and int8_pixel_shuffle_up:
-            to_quantize = replace(
-                graph_specs(cfg, model, fold_batchnorm=fold_batchnorm, pixel_shuffle_up=True)[0], file=INT8_SOURCE)
+        if quantize == "int8" and int8_pixel_shuffle_up:  # the main graph (model / swap), rewritten
+            rewritten = graph_specs(cfg, model, fold_batchnorm=fold_batchnorm, pixel_shuffle_up=True,
+                                    convtranspose4=int8_up4)[0]
+            to_quantize = replace(rewritten, file=int8_source(rewritten.file))
         report = _export_into(cfg, specs, tmp, data, settings, to_quantize)
         atomic_write_json(tmp / EXPORT_FILE, report)
         _move_into_place(tmp, out_dir, [*report["files"], EXPORT_FILE])

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.rewrites import DEFAULT_UP4, replace_transposed_convs
+
 
 class LabelShift(nn.Module):
     """conv block modulated per channel by the label embedding (FiLM: scale and shift)."""
@@ -119,3 +121,12 @@ class Decoder(nn.Module):
 
     def forward(self, z, label):
         return self.cvae.decode(z, label)
+
+
+def inference_form(model: CVAE, convtranspose4: str | None = DEFAULT_UP4) -> CVAE:
+    """An eval-mode copy computing the same function: each ConvTranspose2d(4, stride 2, padding 1) of the
+    decoder becomes a SubpixelUp4 of form `convtranspose4` ("conv3x3" | "conv2x2"; None: kept), so the
+    int8 graph holds no fp32 ConvTranspose (models.rewrites). The trained model is left untouched."""
+    import copy
+
+    return replace_transposed_convs(copy.deepcopy(model).eval(), up4=convtranspose4)

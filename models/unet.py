@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.rewrites import PixelShuffleUp, replace_transposed_convs  # noqa: F401 (PixelShuffleUp: re-exported)
+
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -67,52 +69,22 @@ class UNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------- inference form
-class PixelShuffleUp(nn.Module):
-    """A ConvTranspose2d(kernel 2, stride 2) as a 1x1 conv to 4*cout channels and a pixel shuffle.
-
-    Exactly the same function. Why: ONNX Runtime's CPU EP has no int8 ConvTranspose, so in a
-    quantized graph it runs fp32 between Dequantize/Quantize pairs; a Conv plus DepthToSpace (what
-    pixel_shuffle exports to) runs int8 end to end: 98 vs 90 img/s for the int8 32-channel UNet at
-    batch 8 on 2 cores. In fp32 the ConvTranspose graph is the faster one (33 vs 31 img/s), so the
-    exporter applies this rewrite to the graph it quantizes only. (A reshape/permute shuffle, which
-    exports to a 6-D Transpose, was slower than both: 78 img/s int8.)
-    """
-
-    def __init__(self, up: nn.ConvTranspose2d):
-        super().__init__()
-        if up.kernel_size != (2, 2) or up.stride != (2, 2) or up.padding != (0, 0) or up.groups != 1 \
-                or up.dilation != (1, 1) or up.output_padding != (0, 0):
-            raise ValueError("PixelShuffleUp rewrites ConvTranspose2d(kernel_size=2, stride=2) only")
-        cin, cout = up.in_channels, up.out_channels
-        self.out_channels = cout
-        self.conv = nn.Conv2d(cin, 4 * cout, 1, bias=up.bias is not None)
-        with torch.no_grad():  # weight [cin, cout, 2, 2] -> [cout*4 (cout, dy, dx), cin, 1, 1]
-            self.conv.weight.copy_(up.weight.permute(1, 2, 3, 0).reshape(4 * cout, cin, 1, 1))
-            if up.bias is not None:
-                self.conv.bias.copy_(up.bias.repeat_interleave(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.pixel_shuffle(self.conv(x), 2)  # channel c*4 + dy*2 + dx -> (c, 2h+dy, 2w+dx)
-
-
 def inference_form(model: UNet, fold_batchnorm: bool = True, pixel_shuffle_up: bool = True) -> UNet:
     """An eval-mode copy computing the same function with fewer, quantization-friendly ops.
 
     fold_batchnorm: each Conv -> BatchNorm pair becomes one Conv (running statistics folded in).
-    pixel_shuffle_up: each ConvTranspose2d(2, stride 2) becomes a PixelShuffleUp.
+    pixel_shuffle_up: each ConvTranspose2d(2, stride 2) becomes a PixelShuffleUp (models.rewrites).
     The trained model is left untouched.
     """
     import copy
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     m = copy.deepcopy(model).eval()
-    for parent in list(m.modules()):
-        for name, child in list(parent.named_children()):
-            if fold_batchnorm and isinstance(child, nn.Sequential) and len(child) >= 2 \
-                    and isinstance(child[0], nn.Conv2d) and isinstance(child[1], nn.BatchNorm2d):
-                child[0] = fuse_conv_bn_eval(child[0], child[1])
-                child[1] = nn.Identity()
-            elif pixel_shuffle_up and isinstance(child, nn.ConvTranspose2d) and child.kernel_size == (2, 2) \
-                    and child.stride == (2, 2):
-                setattr(parent, name, PixelShuffleUp(child))
-    return m
+    if fold_batchnorm:
+        for parent in list(m.modules()):
+            for child in parent.children():
+                if isinstance(child, nn.Sequential) and len(child) >= 2 \
+                        and isinstance(child[0], nn.Conv2d) and isinstance(child[1], nn.BatchNorm2d):
+                    child[0] = fuse_conv_bn_eval(child[0], child[1])
+                    child[1] = nn.Identity()
+    return replace_transposed_convs(m, up2=pixel_shuffle_up)

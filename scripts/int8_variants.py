@@ -90,23 +90,20 @@ def main():
     ap.add_argument("--min-seconds", type=float, default=0.3)
     ap.add_argument("--data-root")
     ap.add_argument("--out", default="int8-variants.json")
+    ap.add_argument("--int8-up4", choices=["conv3x3", "conv2x2"], default="conv3x3",
+                    help="CVAE: the form of the decoder's ConvTranspose2d(4, 2, 1) in the quantized graph (as export)")
     a = ap.parse_args()
     run = Path(a.run_dir)
     cfg, model = load_run(run)
     fp32 = onnx_path(run, cfg.task, "fp32")
-    source = run / "onnx" / "model.int8-source.onnx"
-    if cfg.task == "segmentation":  # the export quantizes the pixel-shuffle form: rebuild it for the recipes
-        from exports.onnx_export import export_graph, build_metadata
-        from harness.export_data import dataset_info
-        spec = graph_specs(cfg, model, pixel_shuffle_up=True)[0]
-        tmp_src = Path(tempfile.mkdtemp(prefix="int8-variants-")) / "source.onnx"
-        import torch
-        export_graph(spec, (torch.randn(2, 3, cfg.image_size, cfg.image_size),), tmp_src,
-                     build_metadata(cfg, spec, dataset_info(cfg)))
-        source = tmp_src
-    else:
-        source = fp32
     data = ExportData(cfg, data_root_for(run, a.data_root, "int8_variants"))
+    # the export quantizes the rewritten form (ConvTranspose as Conv + DepthToSpace): rebuild it for the recipes
+    from exports.onnx_export import build_metadata, export_graph
+    from harness.export_data import dataset_info
+    spec = graph_specs(cfg, model, pixel_shuffle_up=True, convtranspose4=a.int8_up4)[0]
+    example, _ = inputs_for(cfg, spec.kind, data, 2, split="train", seed=3)
+    source = Path(tempfile.mkdtemp(prefix="int8-variants-")) / "source.onnx"
+    export_graph(spec, tuple(example[n] for n in spec.input_names), source, build_metadata(cfg, spec, dataset_info(cfg)))
     kind = graph_specs(cfg, model)[0].kind
     calib, src = inputs_for(cfg, kind, data, a.calib_count, split="train", seed=1)
     batches = [{k: v[i:i + 16].numpy() for k, v in calib.items()} for i in range(0, a.calib_count, 16)]

@@ -183,8 +183,10 @@ def test_provenance(bench, runs):
         if r["backend"] == "torch-bf16":
             assert "converted once to bf16" in r["form"]["weights"]
         # the rewrites of the graph it runs: BatchNorm folded in every UNet form; ConvTranspose as
-        # 1x1 Conv + DepthToSpace in ORT int8's UNet graph only; none in the CVAE graphs
-        want = set() if r["task"] == "cvae" else {"fold_batchnorm"} | ({"pixel_shuffle_up"} if r["backend"] == "ort-int8" else set())
+        # Conv + DepthToSpace in ORT int8's graphs only (UNet: 1x1 Conv; CVAE decoder: 3x3 Conv)
+        int8 = r["backend"] == "ort-int8"
+        want = ({"subpixel_up4"} if int8 else set()) if r["task"] == "cvae" else \
+            {"fold_batchnorm"} | ({"pixel_shuffle_up"} if int8 else set())
         assert set(r["graph_rewrites"]) == want, (r["backend"], r["graph_rewrites"])
 
 

@@ -112,14 +112,14 @@ def test_torch_int8_as_close_to_fp32_as_ort_int8(torch_int8_runs_here, runs, dat
     isa = json.loads((run / "onnx" / "export.json").read_text())["int8"]["isa"]
     assert q.calibration["reduce_range"] == isa["reduce_range"]  # as ORT int8 was quantized for this CPU
     assert "freezing=True" in q.form["compile"] and "X86InductorQuantizer" in q.form["quantization"]
-    assert set(q.graph_rewrites) == ({"fold_batchnorm", "pixel_shuffle_up"} if kind == "unet" else set())
+    assert set(q.graph_rewrites) == ({"fold_batchnorm", "pixel_shuffle_up"} if kind == "unet" else {"subpixel_up4"})
     for b in backends.values():
         b.close()
 
 
 def test_every_backend_names_its_graph_rewrites(runs, data_root):
-    """ORT int8's UNet graph was rewritten (ConvTranspose as 1x1 Conv + DepthToSpace), ORT fp32's
-    and torch eager's were not; the CVAE graphs carry no rewrite."""
+    """ORT int8's graphs were rewritten (the UNet's ConvTranspose as 1x1 Conv + DepthToSpace, the CVAE
+    decoder's as 3x3 Conv + DepthToSpace), ORT fp32's and torch eager's were not."""
     unet, cvae = _job(runs["unet"], data_root), _job(runs["cvae"], data_root)
     got = {}
     for cls in (TorchEager, OrtFP32, OrtInt8):
@@ -127,11 +127,11 @@ def test_every_backend_names_its_graph_rewrites(runs, data_root):
             b = cls() if cls is TorchEager else cls(opt_level="all")
             b.load(job, 1, CPU)
             got[(cls.name, job["task"])] = set(b.graph_rewrites)
-            if cls is OrtInt8 and job is unet:
-                assert "DepthToSpace" in b.graph_rewrites["pixel_shuffle_up"]
+            if cls is OrtInt8:
+                assert "DepthToSpace" in b.graph_rewrites["pixel_shuffle_up" if job is unet else "subpixel_up4"]
     assert got == {("torch-eager", "segmentation"): {"fold_batchnorm"}, ("torch-eager", "cvae"): set(),
                    ("ort-fp32", "segmentation"): {"fold_batchnorm"}, ("ort-fp32", "cvae"): set(),
-                   ("ort-int8", "segmentation"): {"fold_batchnorm", "pixel_shuffle_up"}, ("ort-int8", "cvae"): set()}
+                   ("ort-int8", "segmentation"): {"fold_batchnorm", "pixel_shuffle_up"}, ("ort-int8", "cvae"): {"subpixel_up4"}}
 
 
 def test_serving_peak_rss_leaves_the_test_inputs_out(runs, tmp_path):
@@ -152,3 +152,16 @@ def test_serving_peak_rss_leaves_the_test_inputs_out(runs, tmp_path):
     inputs_mb = n * 3 * 32 * 32 * 4 / 2**20
     assert fin["accuracy_inputs_mb"] == pytest.approx(inputs_mb)
     assert fin["peak_rss_mb"] - fin["peak_rss_serving_mb"] >= 0.8 * inputs_mb, fin
+
+
+def test_torch_int8_runs_the_up4_form_ort_int8_was_made_from(tmp_path):
+    """The CVAE decoder's ConvTranspose2d(4, 2, 1) in the form export.json records for ORT int8
+    (`segvae export --int8-up4`); the default form without a record."""
+    from harness.bench.backends_torch_int8 import up4_form
+
+    onnx_dir = tmp_path / "onnx"
+    assert up4_form(tmp_path) == "conv3x3"  # no export.json
+    onnx_dir.mkdir()
+    for rewrites, want in (({"subpixel_up4_2x2": "..."}, "conv2x2"), ({"subpixel_up4": "..."}, "conv3x3"), ({}, "conv3x3")):
+        (onnx_dir / "export.json").write_text(json.dumps({"int8": {"graph_rewrites": rewrites}}))
+        assert up4_form(tmp_path) == want

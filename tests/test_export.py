@@ -281,6 +281,75 @@ def test_cvae_int8_gate_is_the_mae_bound(tmp_path, data_root):
         export_run(run, quantize="int8", data_root=data_root, accuracy_target=1.5)
 
 
+def _ops(path) -> dict[str, int]:
+    from collections import Counter
+    return dict(Counter(n.op_type for n in onnx.load(str(path)).graph.node))
+
+
+def test_cvae_int8_graph_is_made_without_convtranspose(tmp_path, data_root):
+    """The CVAE's int8 swap graph is quantized from the SubpixelUp4 form (its decoder's two
+    ConvTranspose2d(4, 2, 1) as Conv + DepthToSpace: ORT has no int8 ConvTranspose); the shipped fp32
+    graphs keep their ConvTranspose. The rewritten source is parity-checked against the trained model and
+    not shipped; export.json and the int8 graph's metadata name the rewrite. --int8-up4 picks the
+    form; --keep-convtranspose turns it off."""
+    from exports.onnx_export import REWRITES
+    from harness.cli import main
+    from harness.export_stage import int8_source
+
+    run = make_run(tmp_path, "cvae-mnist", seed=2)
+    out = run / "onnx"
+    report = export_run(run, quantize="int8", calib_count=16, data_root=data_root, threads=1)
+    source = int8_source("swap.onnx")
+    assert source == "swap.int8-source.onnx" and not (out / source).exists()
+    assert set(report["files"]) == {"swap.onnx", "decoder.onnx", "swap.int8.onnx"}
+    for f in ("swap.onnx", "decoder.onnx"):  # shipped fp32: as before, ConvTranspose kept
+        assert _ops(out / f).get("ConvTranspose") == 2 and "DepthToSpace" not in _ops(out / f)
+        assert OrtSession(out / f, threads=1).metadata["graph_rewrites"] == {}
+    assert report["graph_rewrites"] == {}
+    q = report["int8"]
+    assert q["from"] == source and q["graph_rewrites"] == {"subpixel_up4": REWRITES["subpixel_up4"]}
+    assert set(report["parity"][source]) >= {"batch_1", "batch_7"}
+    assert all(v <= TOL * report["parity_scale"][source][k] for k, v in report["parity"][source].items())
+    int8_ops = _ops(out / "swap.int8.onnx")
+    assert "ConvTranspose" not in int8_ops and int8_ops.get("DepthToSpace") == 2
+    assert "ConvTranspose" not in q["fp32_ops"] and q["int8_ops"].get("QLinearConv", 0) >= 6  # 4 + the 2 rewritten
+    assert OrtSession(out / "swap.int8.onnx", threads=1).metadata["graph_rewrites"] == {"subpixel_up4": REWRITES["subpixel_up4"]}
+    # as ORT runs it: each DepthToSpace moves 8-bit data (QLinearConv -> [layout Transpose] -> DepthToSpace ->
+    # QLinearMul), no Dequantize/Quantize pair around it
+    from exports.quantize import optimized_graph
+    g = optimized_graph(out / "swap.int8.onnx").graph
+    producer = {o: n for n in g.node for o in n.output}
+    readers = {i: n for n in g.node for i in n.input}
+    d2s = [n for n in g.node if n.op_type == "DepthToSpace"]
+    assert len(d2s) == 2
+    for n in d2s:
+        p = producer[n.input[0]]
+        while p.op_type == "Transpose":
+            p = producer[p.input[0]]
+        assert p.op_type == "QLinearConv" and readers[n.output[0]].op_type.startswith("QLinear"), (p.op_type, n.name)
+    # the per-layer errors join the rewritten convs to the replaced modules' names
+    assert {"cvae.dec_blocks.1.conv", "cvae.dec_blocks.2.conv"} <= {r["module"] for r in q["layer_errors"]}
+    assert report["accuracy_gate"]["pass"] == (q["mean_abs_err"] <= report["accuracy_gate"]["max_mae"])
+
+    other = tmp_path / "conv2x2"
+    assert main(["export", str(run), "--out", str(other), "--data-root", str(data_root), "--quantize", "int8",
+                 "--calib-count", "8", "--threads", "1", "--int8-up4", "conv2x2"]) == 0
+    doc = json.loads((other / "export.json").read_text())
+    assert set(doc["int8"]["graph_rewrites"]) == {"subpixel_up4_2x2"}
+    assert all(v <= TOL * doc["parity_scale"]["swap.int8-source.onnx"][k]
+               for k, v in doc["parity"]["swap.int8-source.onnx"].items())
+    int8_ops = _ops(other / "swap.int8.onnx")
+    assert "ConvTranspose" not in int8_ops and int8_ops.get("DepthToSpace") == 2 and "ConvTranspose" not in doc["int8"]["fp32_ops"]
+    kept = tmp_path / "kept"
+    assert main(["export", str(run), "--out", str(kept), "--data-root", str(data_root), "--quantize", "int8",
+                 "--calib-count", "8", "--threads", "1", "--keep-convtranspose"]) == 0
+    doc = json.loads((kept / "export.json").read_text())
+    assert doc["int8"]["graph_rewrites"] == {} and doc["int8"]["from"] == "swap.onnx"
+    assert doc["int8"]["fp32_ops"].get("ConvTranspose") == 2  # what the rewrite removes
+    with pytest.raises(UserError, match="int8_up4"):
+        export_run(run, quantize="int8", data_root=data_root, int8_up4="conv4x4")
+
+
 # ---------------------------------------------------------------------------- session errors
 def test_session_input_errors(exported):
     run, _ = exported(INT8_KIND)

@@ -58,8 +58,8 @@ def test_profile_joins_every_node_to_a_module(runs, profiles, name):
     for backend in ("ort-fp32", "ort-int8"):
         nodes = doc["backends"][backend]["nodes"]
         assert nodes and not [n["node"] for n in nodes if n["module"] == UNATTRIBUTED]
-        if backend == "ort-fp32":  # the fp32 graph is the torch module's own graph: same module names
-            assert {n["module"] for n in nodes} <= modules
+        if backend == "ort-fp32" or cfg.task == "cvae":  # the fp32 graph is the torch module's own graph: same
+            assert {n["module"] for n in nodes} <= modules  # names; the CVAE's rewritten int8 one keeps them too
     for backend, b in doc["backends"].items():  # each backend's layer times are its table's sum, shares add to 1
         layer_ms = [r["backends"][backend]["ms"] for r in doc["layers"] if backend in r["backends"]]
         assert math.isclose(sum(layer_ms), b["sum_ms"], rel_tol=1e-9)
@@ -75,10 +75,17 @@ def test_profile_joins_every_node_to_a_module(runs, profiles, name):
     assert json.loads((runs[name] / PROFILE_JSON).read_text())["layers"] == doc["layers"]
 
 
-def test_cvae_int8_graph_keeps_convtranspose_in_fp32_and_ranks_errors(profiles):
+def test_cvae_int8_graph_runs_its_upsampling_int8_and_ranks_errors(profiles):
+    """The int8 graph is quantized from the SubpixelUp4 form: the decoder's ConvTranspose layers (fp32 in
+    ORT) are int8 Convs + DepthToSpace, joined to the same module rows as the fp32 graph's ConvTranspose."""
     doc = profiles["cvae-mnist"]
-    left = {(r["module"], r["op"]) for r in doc["fp32_in_int8"]}
-    assert ("cvae.dec_blocks.1.conv", "ConvTranspose") in left and ("cvae.dec_blocks.2.conv", "ConvTranspose") in left
+    assert "ConvTranspose" not in {r["op"] for r in doc["fp32_in_int8"]}
+    for m in ("cvae.dec_blocks.1.conv", "cvae.dec_blocks.2.conv"):
+        row = next(r for r in doc["layers"] if r["module"] == m)
+        assert row["gflop"] > 0 and {"torch-eager", "ort-fp32", "ort-int8"} <= set(row["backends"])
+        assert row["backends"]["ort-int8"]["precision"] == "int8"
+        ops = {n["op"] for n in doc["backends"]["ort-int8"]["nodes"] if n["module"] == m}
+        assert "QLinearConv" in ops and "DepthToSpace" in ops, ops
     errs = [r["int8_error"] for r in doc["layers"] if r.get("int8_error")]
     assert errs and all(math.isfinite(e["added"]) and e["err_out"] >= 0 for e in errs)
 
@@ -125,7 +132,20 @@ def test_load_peak_reads_the_probe_and_refuses_emulated_figures(tmp_path):
 def test_layer_errors_rank_a_corrupted_layer_first(runs, tmp_path):
     """A quantized conv whose weight scale is tripled (a broken layer, everything else intact) adds
     the most error."""
+    from exports.onnx_export import build_metadata, export_graph, graph_specs
+    from harness.export_data import dataset_info
+    from harness.run_folder import load_run
+
     onnx_dir = runs["cvae-mnist"] / "onnx"
+    # tensors are compared by name: against the graph the int8 one was quantized from (the rewritten
+    # swap graph, not shipped; the same export again), not the shipped swap.onnx
+    cfg, net = load_run(runs["cvae-mnist"])
+    spec = graph_specs(cfg, net, pixel_shuffle_up=True)[0]
+    source = tmp_path / "swap.int8-source.onnx"
+    g = torch.Generator().manual_seed(0)
+    example = (torch.rand(2, 1, 28, 28, generator=g), torch.tensor([1, 2]), torch.tensor([3, 4]),
+               torch.randn(2, 8, generator=g))
+    export_graph(spec, example, source, build_metadata(cfg, spec, dataset_info(cfg)))
     model = onnx.load(str(onnx_dir / "swap.int8.onnx"))
     target = next(n for n in quantized_nodes(model) if n.name == "node_conv2d_1")
     dq = {o: n for n in model.graph.node for o in n.output}[target.input[1]]
@@ -137,12 +157,15 @@ def test_layer_errors_rank_a_corrupted_layer_first(runs, tmp_path):
     rng = np.random.default_rng(0)
     batches = [{"image": rng.random((4, 1, 28, 28), dtype=np.float32), "label": rng.integers(0, 10, 4),
                 "new_label": rng.integers(0, 10, 4), "eps": rng.standard_normal((4, 8), dtype=np.float32)}]
-    rows = layer_errors(onnx_dir / "swap.onnx", broken, batches)
+    rows = layer_errors(source, broken, batches)
     assert rows[0]["node"] == "node_conv2d_1" and rows[0]["module"] == "cvae.encoder.2"
     assert rows[0]["added"] > 0.5  # a 3x weight is ~200% off; the intact layers add a few percent
-    intact = layer_errors(onnx_dir / "swap.onnx", onnx_dir / "swap.int8.onnx", batches)
+    intact = layer_errors(source, onnx_dir / "swap.int8.onnx", batches)
     assert {r["node"] for r in intact} == {r["node"] for r in rows}
     assert max(r["added"] for r in intact) < 0.2
+    assert {"cvae.dec_blocks.1.conv", "cvae.dec_blocks.2.conv"} <= {r["module"] for r in intact}
+    with pytest.raises(UserError, match="quantized from a graph with rewrites"):  # not the graph it was made from
+        layer_errors(onnx_dir / "swap.onnx", broken, batches)
 
 
 def test_accuracy_aware_int8_falls_back_until_the_gate_passes(tmp_path, data_root):

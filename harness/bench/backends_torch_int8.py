@@ -4,7 +4,8 @@ PT2E static quantization (torchao.quantization.pt2e) with the x86 inductor quant
 config (activations uint8 per tensor, weights int8 per channel, symmetric), then torch.compile with
 inductor freezing, which lowers the quantize/dequantize pattern around each conv to oneDNN's int8
 convolution (onednn::qconv_pointwise). It runs the graph ORT int8 runs: the UNet with the same
-rewrites (BatchNorm folded, ConvTranspose as 1x1 Conv + pixel shuffle), calibrated on the same
+rewrites (BatchNorm folded, ConvTranspose as 1x1 Conv + pixel shuffle; the CVAE decoder's
+ConvTranspose2d(4, 2, 1) as a 3x3 Conv + pixel shuffle), calibrated on the same
 training images (harness.export_data.calibration_inputs with the count and seed RUN/onnx/export.json
 recorded for ORT int8), and is gated on accuracy like every backend.
 
@@ -57,10 +58,24 @@ def int8_settings(run_dir) -> dict:
             "from": f"export's defaults ({path.name} records no class-stratified int8 calibration)"}
 
 
+def up4_form(run_dir) -> str:
+    """The form of the CVAE decoder's ConvTranspose2d(4, 2, 1) in ORT int8's graph, as RUN/onnx/export.json
+    records its rewrites (`segvae export --int8-up4`): "conv2x2" or, by default, "conv3x3"."""
+    from exports.onnx_export import UP4_REWRITES
+    from harness.run_folder import EXPORT_FILE, ONNX_DIR
+    from models.rewrites import DEFAULT_UP4
+
+    try:
+        done = (json.loads((Path(run_dir) / ONNX_DIR / EXPORT_FILE).read_text()).get("int8") or {}).get("graph_rewrites")
+    except (OSError, ValueError, AttributeError):
+        done = None
+    return next((form for form, key in UP4_REWRITES.items() if key in (done or {})), DEFAULT_UP4)
+
+
 class TorchInt8(TorchCompile):
     name, precision = "torch-int8", "int8"
     library = "onednn"  # harness.hardware: its convs are oneDNN's u8s8 kernels (native on AVX2), not torch._int_mm
-    graph_options = {"pixel_shuffle_up": True}  # the graph ORT int8 is made from (UNet; CVAEs have none)
+    graph_options = {"pixel_shuffle_up": True}  # the graph ORT int8 is made from (export's default form)
 
     @classmethod
     def available(cls, device):
@@ -71,6 +86,10 @@ class TorchInt8(TorchCompile):
         except ImportError as e:
             return False, f"PT2E quantization not importable (pip install torchao): {e}"
         return super().available(device)
+
+    def load(self, job: dict, threads: int, device) -> None:
+        self.graph_options = {**self.graph_options, "convtranspose4": up4_form(job["run_dir"])}  # as ORT int8's
+        super().load(job, threads, device)
 
     def _transform(self, net, job: dict):
         """PT2E: export with a dynamic batch, insert observers, calibrate, convert to quantize/dequantize."""
