@@ -105,6 +105,10 @@ def _bench_config(a):
         "server_qps", "latency_bound_ms", "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level",
         "warmup", "wait", "processes", "slices", "peak_budget_s", "peak_file")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
+    if getattr(a, "budget_min", None) is not None:
+        cfg.budget_s = 60.0 * a.budget_min
+    elif a.rounds is not None:  # rounds asked for are rounds run
+        cfg.budget_s = None
     return cfg, (load_judges(a.judges) if a.judges else None)
 
 

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.bench import stats  # noqa: E402
+from harness.bench.verdicts import verdicts  # noqa: E402
 from harness.bench.records import coverage_label  # noqa: E402
 from harness.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -44,7 +45,7 @@ def _pick(doc: dict, name: str, scenario: str, bs: int) -> str:
     """A backend name, or the session's own fastest accurate one of a runtime (its verdict)."""
     if name not in BEST:
         return name
-    for v in doc.get("verdicts") or []:
+    for v in verdicts(doc["results"]):  # recomputed: a file's stored verdicts are those of the code that wrote it
         if (v["scenario"], v["batch_size"]) == (scenario, bs) and v.get(BEST[name]):
             return v[BEST[name]]
     raise SystemExit(f"the bench names no {name} backend for {scenario} batch {bs} (see its verdicts)")

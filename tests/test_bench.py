@@ -538,3 +538,36 @@ def test_rounds_split_among_fresh_worker_processes(runs, data_root, tmp_path):
     for r in doc["results"]:
         assert len(set(r["worker_pids"])) == 3 and os.getpid() not in r["worker_pids"]
         assert r["rounds"] == 3 and len(r["rounds_samples_per_s"]) == 3 and r["peak_rss_mb"] > 0
+
+
+def test_round_budget_fits_rounds_to_the_time_left(monkeypatch):
+    """After each round: as many more as the budget's time left allows at the mean round time so far,
+    between 6 (96.9% interval) and --rounds; hand-computed on a fake clock."""
+    from harness.bench import runner
+
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+    for round_s, want in ((1.0, [12]), (10.0, [6]), (30.0, [6]), (6.0, [10, 10, 10])):
+        b = runner.RoundBudget(budget_s=100.0, start=0.0, rounds=12)
+        clock[0] = 40.0  # loading and the accuracy pass took 40 s
+        b.begin()
+        got = []
+        for done in range(1, len(want) + 1):
+            clock[0] = 40.0 + done * round_s
+            got.append(b(None, done))
+        # e.g. 6 s rounds: after round 1, 54 s left -> 1 + 9 = 10; after round 2, 48 s -> 2 + 8 = 10 ... ;
+        # 10 s rounds: 1 + 5 = 6; 30 s rounds: 1 + 1 = 2, floored at 6; 1 s rounds: capped at 12
+        assert got == want, (round_s, got)
+    assert b.record(11)["fitted"] is True and b.record(12)["fitted"] is False and b.record(12)["round_s"] == 6.0
+
+
+def test_bench_over_budget_runs_fewer_rounds_and_stays_stable(runs, data_root, tmp_path):
+    """A budget already spent: the bench runs the floor of 6 rounds instead of 8, every record says 6
+    rounds and is stable (the schedule's rounds all completed), and config.budget says it was fitted."""
+    cfg = BenchConfig(backends=["ort-fp32"], scenarios=["offline"], isolate=False,
+                      **{**FAST, "batch_sizes": [2], "rounds": 8}, budget_s=1e-3)
+    doc = run_bench(runs["unet"], cfg, data_root=data_root, out=tmp_path / "b.json")
+    (r,) = doc["results"]
+    assert r["rounds"] == 6 and len(r["rounds_samples_per_s"]) == 6 and r["stable"] is True
+    (b,) = doc["config"]["budget"].values()
+    assert b["fitted"] is True and b["rounds_run"] == 6 and b["rounds_asked"] == 8

@@ -96,5 +96,10 @@ def test_verdicts_compare_the_fastest_accurate_backend_of_each_runtime():
                                   "PyTorch torch-compile 1.5x") and "marginal accuracy: ort-int8" in off["text"]
     assert ss["measure"] == "p50 latency" and ss["ort_vs_torch"]["median"] == pytest.approx(2.0)
     assert ss["best_torch"] == "torch-eager" and ss["int8_vs_fp32"] is None
+    # OpenVINO is its own runtime: never PyTorch's best, compared with ORT's on a line of its own
+    (ov,) = verdicts([_rec("torch-int8", [20, 20, 20]), _rec("ort-int8", [30, 30, 30]), _rec("openvino-int8", [40, 40, 40])])
+    assert ov["best_torch"] == "torch-int8" and ov["best_openvino"] == "openvino-int8"
+    assert ov["ort_vs_openvino"]["median"] == pytest.approx(0.75) and ov["ort_vs_torch"]["median"] == pytest.approx(1.5)
+    assert "ort-int8 vs fastest accurate OpenVINO openvino-int8 0.75x" in ov["text"]
     none = verdicts([_rec("ort-int8", [1, 1, 1], passed=False)])[0]
     assert "no accurate ONNX Runtime and PyTorch backend measured" in none["text"]

@@ -141,6 +141,8 @@ class RoundSizer:
     widest: str | None = None
 
     def __call__(self, lanes: dict, done: int) -> int:
+        if done < self.pilot:
+            return self.pilot
         rows = {k: v for k, v in round_log_ratios(lanes, self.sides).items() if len(v) >= 3}
         if not rows:
             return done

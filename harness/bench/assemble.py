@@ -2,6 +2,7 @@
 gate per (run, backend), then one record per measurement (records.build_record)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
@@ -82,6 +83,8 @@ def _run_records(ctx, job: dict, per_rank: list[dict]) -> list[dict]:
     if all(r and not r["error"] and r.get("acc") for r in ref_ranks):
         ref = accuracy.figures(job["task"], [r["acc"] for r in ref_ranks], folder, None, judge)
     ref_rounds = (per_rank[0].get(REFERENCE) or {}).get("rounds", {})
+    ran = ctx.schedule.get(job["run"]) or ctx.schedule.get("A/B")
+    cfg = replace(ctx.cfg, rounds=len(ran)) if ran else ctx.cfg  # stable = every round the schedule ran
     out = []
     for name in ctx.names:
         ranks = [p[name] for p in per_rank]
@@ -104,7 +107,7 @@ def _run_records(ctx, job: dict, per_rank: list[dict]) -> list[dict]:
                 ref_fig = records.round_figures(_aggregate([p[REFERENCE]["rounds"][key] for p in per_rank])) \
                     if ref_fig is not None else None
             for rank, rr, n_proc in variants:
-                rec = records.build_record(base, scen, bs, rr, ctx.cfg, ref_fig, ranks[0]["search"] if SCENARIOS[scen].paced
+                rec = records.build_record(base, scen, bs, rr, cfg, ref_fig, ranks[0]["search"] if SCENARIOS[scen].paced
                                            else None, rank=rank, peak_g=_peak_for(ctx, name), n_proc=n_proc)
                 rec["compile_s"] = compile_map.get(str(bs))
                 out.append(rec)

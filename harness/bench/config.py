@@ -34,6 +34,8 @@ class BenchConfig:
     threads: int | None = None                   # None: os.cpu_count() (divided by world size when distributed)
     rounds: int = 12                             # interleaved rounds per (run, backend, scenario, batch size):
                                                  # interval [x(3), x(10)], 96.1% (docs/benchmark.md says why 12)
+    budget_s: float | None = 480.0               # fewer rounds (never below 6) where 12 would not fit this many
+                                                 # seconds per bench (runner.RoundBudget); None: always `rounds`
     min_queries: int = 64                        # per round: queries (offline: samples); 64 = LoadGen's p90 minimum
     min_duration: float = 0.5                    # seconds per round and measurement
     warmup: int = 3
@@ -70,7 +72,7 @@ class BenchConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "warmup" else 1):
                 raise UserError(f"invalid {name}={v!r}: expected a {'non-negative' if name == 'warmup' else 'positive'} integer")
-        for name in ("min_duration", "server_qps", "latency_bound_ms", "peak_budget_s"):
+        for name in ("min_duration", "server_qps", "latency_bound_ms", "peak_budget_s", "budget_s"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and 0 < v < math.inf):
                 raise UserError(f"invalid {name}={v!r}: expected a positive finite number")

@@ -102,8 +102,8 @@ def interleave(names: Callable[[], Iterable[str]], rounds: int, items: Iterable,
     the order reversed every other slice (ABBA: a drift within the round hits every backend alike;
     slices > 1 alternate the backends many times per round, so the host's sub-second swings land on
     all of them); then on_round(r + 1). extend(r),
-    asked after every round r from `rounds` on, may ask for more rounds in all (the A/B mode sizes
-    its session from the spread its first rounds show). Returns the orders actually run:
+    asked after every round r, returns how many rounds to run in all: more (the A/B mode sizes its
+    session from the spread its first rounds show) or fewer (a bench fitting its time budget). Returns the orders actually run:
     [{"scenario|bs": [name, ...]}, ...], one dict per round."""
     items = list(items)
     schedule = []
@@ -123,8 +123,8 @@ def interleave(names: Callable[[], Iterable[str]], rounds: int, items: Iterable,
                         call(name, item, r, sl)
         schedule.append(orders)
         r += 1
-        if extend is not None and r >= rounds:
-            target = max(rounds, extend(r))
+        if extend is not None:
+            target = extend(r)
         if on_round is not None:
             on_round(r)
     return schedule

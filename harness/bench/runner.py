@@ -72,6 +72,9 @@ class Ctx:
     schedule: dict = field(default_factory=dict)  # run -> the order the lanes ran in, per round
     extend_rounds: object = None                 # the A/B mode: (lanes, rounds done) -> rounds wanted in all
     slices: int = 1                              # the A/B mode: lanes alternate this many times per round
+    runs: int = 1                                # runs benched one after the other (each gets its share of the budget)
+    run_start: float = 0.0                       # perf_counter when the current run's loading began
+    budgets: dict = field(default_factory=dict)  # run -> its RoundBudget (what fitting the budget did)
 
 
 # =========================================================================== entry point
@@ -255,6 +258,37 @@ class BackendRun:
                 "search": self.search, "finish": self.finish}
 
 
+MIN_BUDGET_ROUNDS = 6  # the fewest rounds whose interval covers 95% ([min, max] of 6: 96.9%)
+
+
+@dataclass
+class RoundBudget:
+    """Fits one run's rounds into its share of the bench's time budget (--budget-min): after every
+    round, as many more as the time left allows at the mean round time so far, never more than
+    --rounds nor fewer than MIN_BUDGET_ROUNDS. The budget counts from the run's first load (compiles
+    and the accuracy pass included). A slower machine thus gets fewer rounds, labelled with their
+    own coverage, instead of a bench that runs twice as long; what it did is in config.budget."""
+    budget_s: float
+    start: float                 # perf_counter when the run's loading began
+    rounds: int                  # --rounds: the most it runs
+    began: float | None = None   # perf_counter when its first round began
+    round_s: float | None = None
+
+    def begin(self) -> None:
+        self.began = time.perf_counter()
+
+    def __call__(self, lanes, done: int) -> int:
+        now = time.perf_counter()
+        self.round_s = (now - self.began) / done
+        fit = done + max(0, int((self.budget_s - (now - self.start)) // self.round_s))
+        return min(self.rounds, max(MIN_BUDGET_ROUNDS, fit))
+
+    def record(self, done: int) -> dict:
+        return {"budget_s": self.budget_s, "rounds_began_after_s": self.began - self.start,
+                "round_s": self.round_s, "rounds_asked": self.rounds, "rounds_run": done,
+                "fitted": done < self.rounds}
+
+
 def _live(backends: dict[str, BackendRun], timed: bool = False) -> list[str]:
     return [n for n, b in backends.items() if b.live and (b.timed or not timed)]
 
@@ -323,7 +357,7 @@ def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[
 
     slices = ctx.slices
 
-    def measure(items) -> list[dict]:
+    def measure(items, rounds: int, extend_rounds=None) -> list[dict]:
         def call(k, item, r, sl=0):
             scen, bs = item
             b = backends[k]
@@ -345,11 +379,11 @@ def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[
                 whole["duration_s"] += m["duration_s"]
                 whole["samples"] += m["samples"]
         t0 = time.perf_counter()
-        fresh = _generations(cfg.rounds, cfg.processes) if ctx.isolated else []
-        planned = [cfg.rounds]
+        fresh = _generations(rounds, cfg.processes) if ctx.isolated else []
+        planned = [rounds]
 
         def extend(r):
-            planned[0] = ctx.extend_rounds(backends, r)
+            planned[0] = extend_rounds(backends, r)
             return planned[0]
 
         def after_round(r):
@@ -357,11 +391,15 @@ def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[
                  f"({time.perf_counter() - t0:.0f}s){'; fresh worker processes' if r in fresh else ''}", rank)
             if r in fresh:
                 _respawn(ctx, backends, workers)
-        return interleave(lambda: _live(backends, timed=True), cfg.rounds, items, call, after_round, rng,
-                          extend if ctx.extend_rounds is not None else None, slices if not paced_items(items) else 1)
+        return interleave(lambda: _live(backends, timed=True), rounds, items, call, after_round, rng,
+                          extend if extend_rounds is not None else None, slices if not paced_items(items) else 1)
 
     items = _items(cfg, paced=False)
-    schedule = measure(items) if items else [{} for _ in range(cfg.rounds)]
+    extend_rounds = ctx.extend_rounds
+    if extend_rounds is None and cfg.budget_s and ctx.dist.world == 1:  # ranks must agree on the rounds
+        extend_rounds = ctx.budgets[what] = RoundBudget(cfg.budget_s / ctx.runs, ctx.run_start, cfg.rounds)
+        extend_rounds.begin()
+    schedule = measure(items, cfg.rounds, extend_rounds) if items else [{} for _ in range(cfg.rounds)]
     for k in _live(backends, timed=True):
         _log(f"{what} | {k}: {len(schedule)} rounds of {len(items)} measurement(s) done", rank)
     paced = _items(cfg, paced=True)
@@ -370,7 +408,7 @@ def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[
             raise UserError("the server scenario is measured one run at a time (not in the A/B mode)")
         job = jobs[0]
         ctx.server[job["run"]] = ctx.dist.broadcast(_server_settings(ctx, job, backends) if ctx.dist.main else None)
-        for r, orders in enumerate(measure(paced)):
+        for r, orders in enumerate(measure(paced, len(schedule))):  # as many rounds, paired by index
             schedule[r].update(orders)
         if cfg.server_search:
             s = ctx.server[job["run"]]
@@ -462,7 +500,9 @@ def measure(ctx: Ctx, run_dirs: list[Path], argv, sides: list[str] | None = None
         if sides is None:
             workers = [_start_workers(ctx)]
             per_run = []
-            for job in jobs:
+            ctx.runs = len(jobs)
+            for i, job in enumerate(jobs):
+                ctx.run_start = ctx.t_start if i == 0 else time.perf_counter()  # the first pays for the probe too
                 if ctx.dist.main:
                     _log(f"{job['run']}: {len(ctx.names)} backend(s) x {ctx.cfg.rounds} interleaved rounds, "
                          f"accuracy on {job['n']} test samples ({job['subset']})")
@@ -495,6 +535,7 @@ def measure(ctx: Ctx, run_dirs: list[Path], argv, sides: list[str] | None = None
                    "isolation": "subprocess" if ctx.isolated else "none",
                    "processes_used": ctx.cfg.processes if ctx.isolated else 1, "world_size": ctx.dist.world,
                    "slices_used": ctx.slices,
+                   "budget": {run: b.record(len(ctx.schedule.get(run) or [])) for run, b in ctx.budgets.items()} or None,
                    "backends_run": [n for n in ctx.names if n not in ctx.skipped],
                    "accuracy_batch_size": ctx.cfg.accuracy_batch_size, "omp_wait_policy": ctx.omp_policy,
                    "malloc": {"torch workers": retain_freed_memory(), "ort workers": ORT_MALLOC["source"]},

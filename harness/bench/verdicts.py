@@ -1,6 +1,7 @@
 """The bench's one-line verdicts, per model and (scenario, batch size): the fastest accurate ONNX Runtime
 backend against the fastest accurate PyTorch backend (the headline: ORT against PyTorch's best path,
-not its weakest), ORT int8 against ORT fp32 (int8's gain inside one runtime, as peers report it) and
+not its weakest; OpenVINO is a third runtime, never counted as PyTorch, with a line of its own where
+it ran), ORT int8 against ORT fp32 (int8's gain inside one runtime, as peers report it) and
 ORT int8 against torch eager fp32 (the old headline, kept for continuity).
 
 "Accurate" is the bench's accuracy gate (accuracy_pass); a pass whose bootstrap interval straddles
@@ -18,9 +19,12 @@ from harness.bench.config import REFERENCE
 ORT_INT8, ORT_FP32 = "ort-int8", "ort-fp32"
 
 
+RUNTIMES = {"ort-": "ONNX Runtime", "torch-": "PyTorch", "openvino-": "OpenVINO"}  # the registry's naming rule
+
+
 def family(backend: str) -> str:
-    """'ONNX Runtime' for the ort-* backends, 'PyTorch' for the torch-* ones (the registry's naming rule)."""
-    return "ONNX Runtime" if backend.startswith("ort-") else "PyTorch"
+    """The runtime a backend runs on, from its name's prefix: 'ONNX Runtime', 'PyTorch', 'OpenVINO'."""
+    return next((name for prefix, name in RUNTIMES.items() if backend.startswith(prefix)), "other")
 
 
 def _measure(scenario: str) -> str:
@@ -61,10 +65,12 @@ def verdicts(records: list[dict]) -> list[dict]:
         accurate = [r for r in rs if bf.accuracy(r)["pass"] is True]
         best_ort = _fastest([r for r in accurate if family(r["backend"]) == "ONNX Runtime"])
         best_torch = _fastest([r for r in accurate if family(r["backend"]) == "PyTorch"])
+        best_ov = _fastest([r for r in accurate if family(r["backend"]) == "OpenVINO"])
         v = {"run": run, "experiment": rs[0].get("experiment"), "scenario": scenario, "batch_size": bs,
              "measure": _measure(scenario),
              "best_ort": best_ort and best_ort["backend"], "best_torch": best_torch and best_torch["backend"],
              "ort_vs_torch": ratio(best_ort, best_torch),
+             "best_openvino": best_ov and best_ov["backend"], "ort_vs_openvino": ratio(best_ort, best_ov),
              "int8_vs_fp32": ratio(by_name.get(ORT_INT8), by_name.get(ORT_FP32)),
              "int8_vs_eager": ratio(by_name.get(ORT_INT8), by_name.get(REFERENCE)),
              "not_accurate": sorted(r["backend"] for r in rs if bf.accuracy(r)["pass"] is False),
@@ -97,6 +103,8 @@ def verdict_line(v: dict) -> str:
         missing = " and ".join(k for k, n in (("ONNX Runtime", v["best_ort"]), ("PyTorch", v["best_torch"])) if not n)
         first = f"no accurate {missing} backend measured"
     parts = [first]
+    if v.get("ort_vs_openvino"):
+        parts.append(f"{v['best_ort']} vs fastest accurate OpenVINO {v['best_openvino']} {_x(v['ort_vs_openvino'])}")
     if v["int8_vs_fp32"]:
         parts.append(f"{ORT_INT8} vs {ORT_FP32} {_x(v['int8_vs_fp32'])}")
     if v["int8_vs_eager"]:
