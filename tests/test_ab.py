@@ -60,16 +60,16 @@ def test_interleave_slices_alternate_abba_and_record_the_order_once():
             assert [n for rr, ss, n in calls if (rr, ss) == (r, s)] == (order if s % 2 == 0 else order[::-1])
 
 
-def test_interleave_runs_the_rounds_extend_asks_for_never_fewer():
+def test_interleave_runs_the_rounds_extend_asks_for():
     asked = []
 
     def extend(done):
         asked.append(done)
-        return 5 if done >= 3 else 1
+        return 5 if done >= 3 else 3
     schedule = interleave(lambda: ["a", "b"], 3, [("offline", 1)], lambda *a: None, extend=extend)
-    assert len(schedule) == 5 and asked == [3, 4, 5]
-    # asking for fewer than the pilot changes nothing
-    assert len(interleave(lambda: ["a"], 4, [("offline", 1)], lambda *a: None, extend=lambda d: 1)) == 4
+    assert len(schedule) == 5 and asked == [1, 2, 3, 4, 5]  # asked after every round; more than the first plan
+    # fewer than planned (a bench fitting its time budget): it stops as soon as the rounds done reach the ask
+    assert len(interleave(lambda: ["a"], 12, [("offline", 1)], lambda *a: None, extend=lambda d: 4)) == 4
 
 
 # ---------------------------------------------------------------------------- sizing the session
