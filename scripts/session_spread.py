@@ -10,7 +10,7 @@ what a reader comparing two published benches sees.
 --fast best-ort / --reference best-torch read the bench's own verdict (the fastest accurate backend
 of each runtime, session by session); --all-backends benches every default backend (the README's
 headline bench) instead of the two. --one runs a single session (the next session-N.json in OUT),
-for sessions placed by hand around other work; every invocation rebuilds OUT/spread.json and
+for sessions placed by hand around other work (--rebuild: none); every invocation rebuilds OUT/spread.json and
 OUT/README.md from all the session files in OUT, and prints where they are.
 """
 from __future__ import annotations
@@ -58,8 +58,9 @@ def session_figures(doc: dict, fast: str, ref: str, batch: int) -> dict:
     f, r = (_rec(doc, n, "offline", batch) for n in names["offline"])
     fs, rs = (_rec(doc, n, "single-stream", 1) for n in names["single-stream"])
     return {"backends": names, "elapsed_s": doc["config"].get("elapsed_s"),
-            "throughput": stats.paired_ratio_ci(f["rounds_samples_per_s"], r["rounds_samples_per_s"]),
-            "p50": stats.paired_ratio_ci(rs["rounds_p50_ms"], fs["rounds_p50_ms"]),
+            # named as the bench names speed-ups: `speedup` (samples/s), `speedup_p50` (batch-1 p50 latency)
+            "speedup": stats.paired_ratio_ci(f["rounds_samples_per_s"], r["rounds_samples_per_s"]),
+            "speedup_p50": stats.paired_ratio_ci(rs["rounds_p50_ms"], fs["rounds_p50_ms"]),
             "reference_p50_ms": rs["latency_ms"]["p50"], "time": doc["env"].get("time"),
             "git_commit": doc["env"].get("git_commit")}
 
@@ -82,10 +83,11 @@ def main() -> None:
     p.add_argument("--every-min", type=float, default=20.0, help="minutes from one session's start to the next (default: 20)")
     p.add_argument("--all-backends", action="store_true", help="bench every default backend, not only the two")
     p.add_argument("--one", action="store_true", help="run one session (the next session-N.json), then rebuild")
+    p.add_argument("--rebuild", action="store_true", help="run no session: rebuild spread.json and README.md only")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "session-spread")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for i in range(1 if args.one else args.sessions):
+    for i in range(0 if args.rebuild else 1 if args.one else args.sessions):
         start = time.monotonic()
         index = 1 + max([int(f.stem.split("-")[1]) for f in args.out.glob("session-*.json")], default=0)
         out = args.out / f"session-{index}.json"
@@ -104,23 +106,24 @@ def main() -> None:
     env = docs[0]["env"]
     result = {"command": " ".join(["python", "scripts/session_spread.py", *sys.argv[1:]]), "env": env,
               "fast": args.fast, "reference": args.reference, "batch_size": args.batch_size, "sessions": sessions,
-              "throughput": spread(sessions, "throughput"), "p50": spread(sessions, "p50")}
+              "speedup": spread(sessions, "speedup"), "speedup_p50": spread(sessions, "speedup_p50")}
     atomic_write_json(args.out / "spread.json", result)
     atomic_write_text(args.out / "README.md", readme(result))
     print(f"[spread] {args.out / 'spread.json'}, {args.out / 'README.md'}", flush=True)
 
 
 def readme(r: dict) -> str:
-    label = coverage_label(r["throughput"]["coverage"])
-    rows = "\n".join(f"| {s['file']} | {s['time']} | {' vs '.join(s['backends']['offline'])} | {s['throughput']['median']:.2f}x [{s['throughput']['lo']:.2f}-"
-                     f"{s['throughput']['hi']:.2f}] | {s['p50']['median']:.2f}x [{s['p50']['lo']:.2f}-{s['p50']['hi']:.2f}] | "
-                     f"{s['reference_p50_ms']:.1f} | {(s.get('elapsed_s') or 0):.0f} |" for s in r["sessions"])
-    t, p = r["throughput"], r["p50"]
+    def cell(x: dict) -> str:  # each session's interval with its own coverage (the sessions' rounds may differ)
+        return f"{x['median']:.2f}x [{x['lo']:.2f}-{x['hi']:.2f}] ({coverage_label(x['coverage'])}, {x['n']} rounds)"
+    rows = "\n".join(f"| {s['file']} | {s['time']} | {' vs '.join(s['backends']['offline'])} | {cell(s['speedup'])} | "
+                     f"{cell(s['speedup_p50'])} | {s['reference_p50_ms']:.1f} | {(s.get('elapsed_s') or 0):.0f} |"
+                     for s in r["sessions"])
+    t, p = r["speedup"], r["speedup_p50"]
     return f"""# Session-to-session spread of {r['fast']} against {r['reference']}
 
 Command: `{r['command']}`; CPU {r['env'].get('cpu_model')}, flags {', '.join(r['env'].get('cpu_flags') or [])}.
 
-| session | started | offline: fast vs reference | batch {r['batch_size']} samples/s, paired [{label}] | batch-1 p50, paired [{label}] | reference p50 ms | bench s |
+| session | started | offline: fast vs reference | batch {r['batch_size']} samples/s, paired | batch-1 p50, paired | reference p50 ms | bench s |
 |---|---|---|---|---|---|---|
 {rows}
 
