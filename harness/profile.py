@@ -63,7 +63,10 @@ def load_peak(peak) -> dict | None:
     for prec in ("fp32", "bf16", "int8", "fp16"):
         v = peak.get(prec)
         g = v.get("gflops_per_s") if isinstance(v, dict) else v
-        emulated = isinstance(v, dict) and (v.get("status") == "emulated" or "emulat" in str(v.get("note") or "").lower())
+        # the probe's status says; only a file without one falls back to its note (whose text may mention
+        # an emulated alternative it did not time, e.g. int8's "torch._int_mm not timed: emulated here")
+        emulated = isinstance(v, dict) and (v.get("status") == "emulated" or (
+            v.get("status") is None and "emulat" in str(v.get("note") or "").lower()))
         out[prec] = float(g) if isinstance(g, (int, float)) and g > 0 and not emulated else None
     return out
 

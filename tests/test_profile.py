@@ -124,6 +124,11 @@ def test_load_peak_reads_the_probe_and_refuses_emulated_figures(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"peak": {"fp32": {"gflops_per_s": 179.0}}}))
     assert load_peak(tmp_path / "bench.json")["fp32"] == 179.0
     assert load_peak(None) is None
+    # the probe's status decides: a native int8 peak whose note mentions an emulated alternative (the AVX2
+    # probe's "torch._int_mm not timed: emulated here") is a peak; status "emulated" is not
+    probe = {"int8": {"gflops_per_s": 362.0, "status": "native", "note": "torch._int_mm not timed: emulated here"},
+             "bf16": {"gflops_per_s": 5.0, "status": "emulated", "note": None}}
+    assert load_peak(probe)["int8"] == 362.0 and load_peak(probe)["bf16"] is None
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="--peak"):
         load_peak(tmp_path / "bad.json")
