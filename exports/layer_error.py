@@ -8,8 +8,7 @@ inputs (calibration images) and each tensor is compared by NAME: the quantizer k
 For a quantized node N with float inputs X_i and output Y (as tensors of the fp32 graph):
 
     err(T)   = ||T_int8 - T_fp32|| / ||T_fp32||          relative L2 error over all inputs
-    added(N) = err(Y) - max_i err(X_i)                  X_i as N reads them, Y as its readers do:
-                                                         each after its Q/DQ pair (_as_read)
+    added(N) = err(Y) - max_i err(X_i)                  X_i as N reads them: after their Q/DQ pair
 
 `added` is what keeping N in fp32 (nodes_to_exclude) removes, to first order: its weights' quantization
 and its int8 compute. Its inputs' own quantization is NOT counted: ORT keeps the Q/DQ pair of a tensor
@@ -86,21 +85,6 @@ def _same_source(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, fp32_
                         "per-layer errors need the fp32 graph it was made from (export.json int8.from)")
 
 
-def _as_read(t: str, int8_model: onnx.ModelProto) -> str:
-    """The int8 graph's tensor that t's readers see: t after its QuantizeLinear/DequantizeLinear pair when
-    it has one, else t. It matters where the quantizer folded a Relu into the Conv before it: the Conv
-    then writes the Relu's output name but its raw, unclamped output, and only the pair's clamp (zero
-    point at the range's bottom) applies the Relu; compared by name with the fp32 Relu's output, every
-    such UNet Conv read as ~100% wrong."""
-    readers: dict[str, list] = {}
-    for n in int8_model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    q = next((n for n in readers.get(t, []) if n.op_type == "QuantizeLinear"), None)
-    dq = q and next((n for n in readers.get(q.output[0], []) if n.op_type == "DequantizeLinear"), None)
-    return dq.output[0] if dq else t
-
-
 def _augment(path: Path, out: Path) -> Path:
     from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
 
@@ -137,8 +121,13 @@ def layer_errors(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarray
     for n in quantized_nodes(int8_model):
         outs = [o for o in n.output if o in fp32_names]
         if outs:
-            nodes.append((n, _float_inputs(n, int8_model, fp32_names, weights), (_as_read(outs[0], int8_model), outs[0])))
+            nodes.append((n, _float_inputs(n, int8_model, fp32_names, weights), (outs[0], outs[0])))
     pairs = {out for _, _, out in nodes} | {p for _, ins, _ in nodes for p in ins}  # (int8 name, fp32 name)
+    # ORT's quantizer folds a Relu into the QuantizeLinear after a Conv: the Conv then writes the Relu's
+    # tensor name, unclamped (the Q/DQ pair's zero point clamps it). Compared with the fp32 Relu's output
+    # as it is, every such UNet Conv read as ~100% wrong; the Relu is applied before comparing.
+    fp32_op = {o: n.op_type for n in fp32_model.graph.node for o in n.output}
+    relu_folded = {out for n, _, out in nodes if fp32_op.get(out[1]) == "Relu" and n.op_type != "Relu"}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         sf = _session(_augment(fp32_path, Path(tmp) / "fp32.onnx"), threads)
         sq = _session(_augment(int8_path, Path(tmp) / "int8.onnx"), threads)
@@ -154,6 +143,8 @@ def layer_errors(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarray
                 a, b = f.get(tf + suffix, f.get(tf)), q.get(tq + suffix, q.get(tq))  # graph outputs are not re-saved
                 if a is None or b is None:
                     continue
+                if t in relu_folded:
+                    b = np.maximum(b, 0)
                 a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
                 diff2[t] += float(np.sum((b64 - a64) ** 2))
                 ref2[t] += float(np.sum(a64 ** 2))

@@ -213,10 +213,10 @@ def test_profile_rejects_unknown_backends(runs):
         profile_run(runs["cvae-mnist"], backends=["ort-cuda"])
 
 
-def test_unet_layer_errors_read_a_conv_with_a_folded_relu_after_its_clamp(runs):
+def test_unet_layer_errors_apply_the_relu_folded_into_a_conv(runs):
     """ORT's quantizer folds each UNet Conv's Relu into the Conv's QuantizeLinear: the Conv writes the
-    Relu's tensor name unclamped. Compared as its readers see it (after the Q/DQ pair) it is a few percent
-    off fp32, not ~100% (what comparing the raw tensor by name read, before the fix)."""
+    Relu's tensor name unclamped. With the Relu applied before comparing it is a few percent off fp32,
+    not ~100% (what comparing the raw tensor by name read, before the fix)."""
     export = json.loads((runs["unet-mp-tr-bce"] / "onnx" / "export.json").read_text())
     convs = [r for r in export["int8"]["layer_errors"] if r["op"] == "Conv"]
     assert convs and all(r["output"].startswith("relu") for r in convs[:3])
