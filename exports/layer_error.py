@@ -121,13 +121,13 @@ def layer_errors(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarray
     for n in quantized_nodes(int8_model):
         outs = [o for o in n.output if o in fp32_names]
         if outs:
-            nodes.append((n, _float_inputs(n, int8_model, fp32_names, weights), (outs[0], outs[0])))
-    pairs = {out for _, _, out in nodes} | {p for _, ins, _ in nodes for p in ins}  # (int8 name, fp32 name)
+            nodes.append((n, _float_inputs(n, int8_model, fp32_names, weights), outs[0]))
+    pairs = {(t, t) for _, _, t in nodes} | {p for _, ins, _ in nodes for p in ins}  # (int8 name, fp32 name)
     # ORT's quantizer folds a Relu into the QuantizeLinear after a Conv: the Conv then writes the Relu's
     # tensor name, unclamped (the Q/DQ pair's zero point clamps it). Compared with the fp32 Relu's output
     # as it is, every such UNet Conv read as ~100% wrong; the Relu is applied before comparing.
     fp32_op = {o: n.op_type for n in fp32_model.graph.node for o in n.output}
-    relu_folded = {out for n, _, out in nodes if fp32_op.get(out[1]) == "Relu" and n.op_type != "Relu"}
+    relu_folded = {out for n, _, out in nodes if fp32_op.get(out) == "Relu" and n.op_type != "Relu"}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         sf = _session(_augment(fp32_path, Path(tmp) / "fp32.onnx"), threads)
         sq = _session(_augment(int8_path, Path(tmp) / "int8.onnx"), threads)
@@ -143,7 +143,7 @@ def layer_errors(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarray
                 a, b = f.get(tf + suffix, f.get(tf)), q.get(tq + suffix, q.get(tq))  # graph outputs are not re-saved
                 if a is None or b is None:
                     continue
-                if t in relu_folded:
+                if tq in relu_folded:
                     b = np.maximum(b, 0)
                 a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
                 diff2[t] += float(np.sum((b64 - a64) ** 2))
@@ -155,10 +155,10 @@ def layer_errors(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarray
     rows = []
     for n, ins, out in nodes:
         e_in = max((err(p) for p in ins), default=0.0)
-        e_out = err(out)
-        d, r = diff2.get(out), ref2.get(out)
+        e_out = err((out, out))
+        d, r = diff2.get((out, out)), ref2.get((out, out))
         sqnr = 10 * math.log10(r / d) if d and r else None
-        rows.append({"node": n.name, "op": n.op_type, "module": module_of(n), "inputs": [tf for _, tf in ins], "output": out[1],
+        rows.append({"node": n.name, "op": n.op_type, "module": module_of(n), "inputs": [tf for _, tf in ins], "output": out,
                      "err_in": e_in, "err_out": e_out, "added": e_out - e_in, "sqnr_db": sqnr})
     rows.sort(key=lambda r: -r["added"])
     return rows

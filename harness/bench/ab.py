@@ -87,19 +87,19 @@ def rounds_for(sigma: float, detect: float, limit: int = 2000) -> int:
     """The fewest rounds (at most `limit`) for which a `detect` slowdown puts the whole paired
     interval below 1 nine times in ten, at a per-round spread `sigma` of the log ratios (normal
     rounds; _upper_end). Up to 200 rounds a scan (the order statistics step unevenly), then bisection."""
-    n = 6  # the fewest rounds whose interval covers 95% (96.9%)
+    n = stats.MIN_ROUNDS_95
     if sigma <= 0:
         return n
     while n < min(limit, 200):
         if _upper_end(sigma, n) <= detect:
             return n
         n += 1
-    return stats._first_true(n, limit, lambda m: _upper_end(sigma, m) <= detect)
+    return stats.first_true(n, limit, lambda m: _upper_end(sigma, m) <= detect)
 
 
 def resolvable(sigma: float, rounds: int) -> float:
     """The slowdown `rounds` rounds resolve at that spread (rounds_for's inverse)."""
-    return _upper_end(sigma, max(rounds, 6))
+    return _upper_end(sigma, max(rounds, stats.MIN_ROUNDS_95))
 
 
 def robust_sigma(values: list[float]) -> float:
@@ -161,10 +161,10 @@ class RoundSizer:
 
 def auto_slices(cfg: BenchConfig) -> int:
     """Slices per round in the A/B mode: --slices, else one per 50 ms of the round. On a 2-core VM
-    the speed of one side swings by about 10% from one half second to the next (an A/A session's
-    per-round ratios spread 10.6% with whole-round turns, 4.7% with turns every 3 batches of a
-    9 ms model: docs/results/ab-gate/), so turns far shorter than a round let both sides ride
-    the same swings."""
+    the speed of one side swings by 10% and more from one half second to the next (an A/A session's
+    per-round ratios spread 14.0% with whole-round turns and spinning threads, 3.3% with 10 turns and
+    sleeping ones: docs/results/ab-gate/turns/), so turns far shorter than a round let both sides
+    ride the same swings."""
     return cfg.slices or max(1, round(cfg.min_duration / SLICE_S))
 
 

@@ -101,9 +101,9 @@ def interleave(names: Callable[[], Iterable[str]], rounds: int, items: Iterable,
     item) by `rng` (None: names()'s order): call(name, item, r, s) for each slice s of the round,
     the order reversed every other slice (ABBA: a drift within the round hits every backend alike;
     slices > 1 alternate the backends many times per round, so the host's sub-second swings land on
-    all of them); then on_round(r + 1). extend(r),
-    asked after every round r, returns how many rounds to run in all: more (the A/B mode sizes its
-    session from the spread its first rounds show) or fewer (a bench fitting its time budget). Returns the orders actually run:
+    all of them); then on_round(r + 1). extend(r), asked after every round r, returns how many
+    rounds to run in all: more (the A/B mode sizes its session from the spread its first rounds show)
+    or fewer (a bench fitting its time budget). Returns the orders actually run:
     [{"scenario|bs": [name, ...]}, ...], one dict per round."""
     items = list(items)
     schedule = []

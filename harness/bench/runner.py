@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness.bench import accuracy, records, trackers, verdicts
+from harness.bench import accuracy, records, stats, trackers, verdicts
 from harness.bench.backend_base import INPUT_NAMES
 from harness.bench.backends import REGISTRY
 from harness.bench.assemble import assemble
@@ -258,14 +258,11 @@ class BackendRun:
                 "search": self.search, "finish": self.finish}
 
 
-MIN_BUDGET_ROUNDS = 6  # the fewest rounds whose interval covers 95% ([min, max] of 6: 96.9%)
-
-
 @dataclass
 class RoundBudget:
     """Fits one run's rounds into its share of the bench's time budget (--budget-min): after every
     round, as many more as the time left allows at the mean round time so far, never more than
-    --rounds nor fewer than MIN_BUDGET_ROUNDS. The budget counts from the run's first load (compiles
+    --rounds nor fewer than stats.MIN_ROUNDS_95. The budget counts from the run's first load (compiles
     and the accuracy pass included). A slower machine thus gets fewer rounds, labelled with their
     own coverage, instead of a bench that runs twice as long; what it did is in config.budget."""
     budget_s: float
@@ -281,7 +278,7 @@ class RoundBudget:
         now = time.perf_counter()
         self.round_s = (now - self.began) / done
         fit = done + max(0, int((self.budget_s - (now - self.start)) // self.round_s))
-        return min(self.rounds, max(MIN_BUDGET_ROUNDS, fit))
+        return min(self.rounds, max(stats.MIN_ROUNDS_95, fit))
 
     def record(self, done: int) -> dict:
         return {"budget_s": self.budget_s, "rounds_began_after_s": self.began - self.start,

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 CONFIDENCE = 0.95          # the level the median CIs aim for
+MIN_ROUNDS_95 = 6          # the fewest rounds whose median interval covers 95% ([min, max] of 6: 96.9%)
 EARLY_STOP_CONFIDENCE = 0.99  # LoadGen's early-stopping confidence
 
 
@@ -46,7 +47,7 @@ def _binom_tail_ge(n: int, p: float, k: int) -> float:
     return math.exp(m) * sum(math.exp(t - m) for t in terms)
 
 
-def _first_true(lo: int, hi: int, ok) -> int:
+def first_true(lo: int, hi: int, ok) -> int:
     """The smallest x in [lo, hi] with ok(x), for ok monotone (False ... False True ... True); hi if none."""
     while lo < hi:
         mid = (lo + hi) // 2
@@ -69,7 +70,7 @@ def min_queries(p: float, t: int = 1, confidence: float = EARLY_STOP_CONFIDENCE)
     hi = 1
     while _binom_tail_ge(hi + t, p, hi) > 1 - confidence:
         hi *= 2
-    return _first_true(1, hi, lambda h: _binom_tail_ge(h + t, p, h) <= 1 - confidence) + t
+    return first_true(1, hi, lambda h: _binom_tail_ge(h + t, p, h) <= 1 - confidence) + t
 
 
 def early_stopping_percentile(values: Sequence[float], p: float,
@@ -80,7 +81,7 @@ def early_stopping_percentile(values: Sequence[float], p: float,
     n = len(values)
     if n < min_queries(p, 0, confidence):
         return None, None
-    t = _first_true(0, n, lambda t: min_queries(p, t + 1, confidence) > n)
+    t = first_true(0, n, lambda t: min_queries(p, t + 1, confidence) > n)
     a = np.sort(np.asarray(values, dtype=np.float64))
     return float(a[n - max(t, 1)]), t
 
@@ -91,7 +92,7 @@ def order_k(n: int, confidence: float = CONFIDENCE) -> tuple[int, float]:
     def coverage(k: int) -> float:
         return 1.0 - 2.0 * (1.0 - _binom_tail_ge(n, 0.5, k))  # 1 - 2 P(B <= k-1)
     top = (n + 1) // 2
-    k = max(1, _first_true(1, top + 1, lambda k: coverage(k) < confidence) - 1)
+    k = max(1, first_true(1, top + 1, lambda k: coverage(k) < confidence) - 1)
     return k, coverage(k)
 
 
