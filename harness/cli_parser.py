@@ -317,8 +317,9 @@ def _ab(sub) -> None:
 def _profile(sub) -> None:
     pr = _command(sub, "profile", "per-layer time, PyTorch vs each ONNX Runtime graph, with GOP/s and int8 error",
                   "segvae profile runs/unet-mp-tr-bce --batch-size 8 --peak bench.json",
-                  "Time every layer (module) in PyTorch (torch.profiler) and the nodes that came from it in each "
-                  "ONNX Runtime graph (ORT's profiler), at the bench's threads; write RUN/profile.json and "
+                  "Time every layer (module) in PyTorch (a clock on each module's forward) and the nodes that came "
+                  "from it in each ONNX Runtime graph (ORT's profiler), at the bench's threads, each profiled call "
+                  "taking turns with the bench's own unprofiled call; write RUN/profile.json and "
                   "RUN/profile.md. Needs `segvae export RUN --quantize int8` first.")
     pr.add_argument("run_dir", metavar="RUN_DIR", help="an exported run folder")
     pr.add_argument("--backends", type=csv, default=["torch-eager", "ort-fp32", "ort-int8"],

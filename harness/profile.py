@@ -1,13 +1,15 @@
 """`segvae profile RUN`: where the time goes, layer by layer, in PyTorch and in each ONNX Runtime graph.
 
-For one run and batch size, at the bench's threads:
-  torch-eager   torch.profiler around R forward calls of the module the bench runs (graph_specs'
-                inference form); every nn.Module's forward is a record_function range ("module::NAME")
-                and a layer's time is its range minus its child modules' ranges (so nothing is counted
-                twice and the ranges of one call add up to the whole forward).
-  ort-fp32/int8 ORT's profiler (SessionOptions.enable_profiling) on the bench's own session settings
-                (exports.session.OrtSession: threads, sequential, spinning as the bench's --wait);
-                each node's `*_kernel_time` per run.
+For one run and batch size, at the bench's threads, each backend's own bound call (the bench's
+bind/run, no profiler) takes turns with a profiled call, so the two see the same machine:
+  torch-eager   a clock on every nn.Module's forward (global forward hooks, perf_counter_ns) on the
+                module the bench runs (graph_specs' inference form), call for call; a layer's time is
+                its span minus its child modules' spans (so nothing is counted twice and the spans of
+                one call add up to the whole forward). torch.profiler is not used: its per-op events
+                cost as much as a small model's work at batch 8 (its sums read 1.2-1.5x the latency).
+  ort-fp32/int8 ORT's profiler (SessionOptions.enable_profiling) on a session with the bench's own
+                settings (exports.session.OrtSession: threads, sequential, spinning as the bench's
+                --wait), in blocks of 4 runs against the bench's session; each node's `*_kernel_time`.
 Joining ORT nodes to modules: the dynamo exporter writes each node's module path into its metadata
 (`pkg.torch.onnx.name_scopes`, e.g. ['', 'encoders.0', 'encoders.0.1', 'encoders.0.1.0', 'conv2d_3'];
 the module is the last scope before the op's own name). ORT's optimizer keeps a fused node's name
@@ -17,8 +19,10 @@ Linear`: the module that wrote it, or whose weight it is); a node ORT inserted (
 NCHWc Reorder*) takes the module of the node it feeds or is fed by in ORT's optimized graph. What
 cannot be joined is listed as "(unattributed)".
 
-Each backend's per-layer times must add up to its latency as the bench measures it (the backend's
-own bind/run loop, without a profiler, same batch): the table records both and the ratio.
+Each backend's per-layer times must add up to its latency as the bench measures it (the median of
+the unprofiled calls above, same batch): the table records both and the ratio. ORT's profiler costs
+some microseconds a node, inside each node's time: a graph of ~50-80 nodes of ~30 us each (the
+MNIST CVAE at batch 8) reads 10-20% over its latency.
 GOP/s per layer: torch.utils.flop_counter FLOPs of the module (convs and matmuls; 2 x MACs) / its
 time, against the machine's peak for the precision the layer ran in (the bench's matmul probe:
 a peak dict, bench.json's "peak", or the probe's JSON; an emulated or missing peak gives no %).
@@ -41,6 +45,9 @@ from harness.io import atomic_write_json, atomic_write_text, read_json
 __all__ = ["profile_run", "torch_layers", "ort_layers", "node_modules", "load_peak", "format_markdown"]
 
 BACKENDS = ("torch-eager", "ort-fp32", "ort-int8")
+# eager modules take hooks (torch.compile's graphs do not), ORT's CPU sessions a profiler
+PROFILABLE = ("torch-eager", "torch-channels-last", "ort-fp32", "ort-int8")
+SPIN_STOP_S = 0.25  # an idle ORT session's spinning threads have let go of the cores by then (see ort_layers)
 PROFILE_JSON, PROFILE_MD = "profile.json", "profile.md"
 TOP_LEVEL = "(top level)"
 UNATTRIBUTED = "(unattributed)"
@@ -72,49 +79,73 @@ def load_peak(peak) -> dict | None:
 
 
 # =========================================================================== PyTorch
-def torch_layers(net, args: list, reps: int, warmup: int = 3) -> dict[str, float]:
-    """module name -> milliseconds per forward of its own work (its range minus its child modules'),
-    averaged over the middle half of the calls (see _central_mean)."""
+def torch_layers(net, run, reps: int, warmup: int = 3) -> tuple[dict[str, float], list[float]]:
+    """(module name -> ms per forward of its own work (its span minus its child modules'), averaged
+    over the middle half of the timed calls (see _central_mean); the untimed calls' ms).
+
+    `run` is the bench backend's own bound call on `net`. Calls alternate: one with a clock on every
+    module (global forward hooks, perf_counter_ns: a few us a module, where torch.profiler's per-op
+    events cost more than a small model's work), then the same call with no hook, so both sides see
+    the same machine on a host whose speed drifts within minutes."""
     import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-    ranges: dict = {}
-    handles = []
-    for name, mod in net.named_modules():
-        label = f"module::{name or TOP_LEVEL}"
-
-        def pre(m, a, label=label):
-            ranges.setdefault(id(m), []).append(record_function(label).__enter__())
-
-        def post(m, a, out):
-            ranges[id(m)].pop().__exit__(None, None, None)
-        handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                net(*args)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(reps):
-                    net(*args)
-    finally:
-        for h in handles:
-            h.remove()
-    events = [e for e in prof.events() if e.name.startswith("module::")]
-    spans = sorted(((e.time_range.start, e.time_range.end, e.name[len("module::"):]) for e in events),
-                   key=lambda s: (s[0], -s[1]))
+    clock = time.perf_counter_ns
+    names = {id(m): name or TOP_LEVEL for name, m in net.named_modules()}
+    stack: list[tuple[str, int]] = []
     calls: list[dict[str, float]] = []
-    stack: list[tuple[int, int, str]] = []
-    for start, end, name in spans:  # nested ranges: subtract each child's span from its parent's
-        while stack and stack[-1][1] <= start:
-            stack.pop()
-        if not stack:
-            calls.append(defaultdict(float))  # the root module's range: one forward call
-        own = calls[-1]
-        own[name] += end - start
-        if stack:
-            own[stack[-1][2]] -= end - start
-        stack.append((start, end, name))
-    return _central_mean(calls, 1e-3)[0]  # us -> ms
+
+    def pre(m, args):
+        if id(m) in names:
+            stack.append((names[id(m)], clock()))
+
+    def post(m, args, out):
+        if id(m) in names:
+            t1 = clock()
+            name, t0 = stack.pop()
+            own = calls[-1]
+            own[name] += t1 - t0
+            if stack:  # the parent's own time excludes this child's span
+                own[stack[-1][0]] -= t1 - t0
+
+    def hooked():
+        calls.append(defaultdict(float))
+        handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
+        try:
+            run()
+        finally:
+            for h in handles:
+                h.remove()
+    with torch.inference_mode():
+        _, plain, kept = alternate(hooked, run, reps, warmup)
+    return _central_mean([calls[i] for i in kept], 1e-6)[0], plain  # ns -> ms
+
+
+def alternate(first, second, reps: int, warmup: int = 3, block: int = 1,
+              pause_s: float = 0.0) -> tuple[list[float], list[float], list[int]]:
+    """Both callables `warmup` times each, then `reps` timed calls each in alternating blocks of
+    `block` (with block > 1 each block starts with one more, untimed call: it pays for the switch),
+    sleeping `pause_s` before each block.
+    Returns the timed calls' ms for each side and the ordinals of `first`'s timed calls (counting
+    every call to it, warm-ups included), for a profiler that records every call."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    kept, calls = [], warmup
+    while min(len(t) for t in times) < reps:
+        for side, fn in enumerate((first, second)):
+            time.sleep(pause_s)
+            for i in range(block + (block > 1)):
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+                if (block == 1 or i > 0) and len(times[side]) < reps:
+                    times[side].append(1e3 * dt)
+                    if side == 0:
+                        kept.append(calls)
+                calls += side == 0
+    return times[0], times[1], kept
 
 
 def _central_mean(calls: list[dict[str, float]], scale: float) -> tuple[dict[str, float], float]:
@@ -189,31 +220,37 @@ def node_modules(exported, optimized) -> dict[str, str]:
     return out
 
 
-def ort_trace_ms(trace: list, warmup: int) -> tuple[dict[str, float], dict[str, str], int]:
+def ort_trace_ms(trace: list, kept: list[int]) -> tuple[dict[str, float], dict[str, str], int]:
     """(node name -> ms per run (see _central_mean), node name -> op type, runs counted) from ORT's profile trace,
-    the first `warmup` runs dropped."""
+    counting the runs whose ordinals (0 = the session's first run) are in `kept`."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("cat") == "Session" and e["name"] == "model_run")
-    kept = runs[warmup:]
-    if not kept:
+    runs = [runs[i] for i in kept if i < len(runs)]
+    if not runs:
         raise UserError("ONNX Runtime's profile holds no timed run")
-    calls: list[dict[str, float]] = [defaultdict(float) for _ in kept]
-    starts = [r[0] for r in kept]
+    calls: list[dict[str, float]] = [defaultdict(float) for _ in runs]
+    starts = [r[0] for r in runs]
     ops: dict[str, str] = {}
     import bisect
     for e in trace:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             i = bisect.bisect_right(starts, e["ts"]) - 1
-            if i < 0 or e["ts"] > kept[i][1]:
-                continue  # a warm-up run's node
+            if i < 0 or e["ts"] > runs[i][1]:
+                continue  # a warm-up run's node, or one that paid for a switch
             node = e["name"][: -len("_kernel_time")]
             calls[i][node] += e["dur"]
             ops[node] = e.get("args", {}).get("op_name", "?")
-    return _central_mean(calls, 1e-3)[0], ops, len(kept)
+    return _central_mean(calls, 1e-3)[0], ops, len(runs)
 
 
-def ort_layers(path: Path, feed: dict, threads: int, reps: int, spinning: bool, opt_level: str = "all",
-               warmup: int = 3) -> dict:
-    """{"layers": module -> ms, "nodes": [...], "fp32_nodes_in_int8": [...]} for one ORT graph."""
+def ort_layers(path: Path, feed: dict, threads: int, reps: int, spinning: bool, run, opt_level: str = "all",
+               warmup: int = 3, block: int = 4, pause_s: float = SPIN_STOP_S) -> tuple[dict, list[float]]:
+    """({"layers": module -> ms, "nodes": [...]}, the untimed calls' ms) for one ORT graph.
+
+    A profiling session on the bench's own settings takes turns with `run`, the bench backend's own
+    bound call, in blocks of `block` runs after a pause of `pause_s`, so both sides see the same
+    machine: the session that ran last keeps its threads spinning (with --wait spin) for tens of ms,
+    and the other would run on the cores they hold (measured on a 2-vCPU EPYC, MNIST CVAE fp32 at
+    batch 8, 2.8-3.0 ms alone: 4.2-6.7 ms after a pause of 5-50 ms, 2.8 ms after 200 ms)."""
     import tempfile
 
     import onnx
@@ -224,10 +261,9 @@ def ort_layers(path: Path, feed: dict, threads: int, reps: int, spinning: bool, 
     with tempfile.TemporaryDirectory(prefix="segvae-profile-") as tmp:
         sess = OrtSession(path, threads=threads, graph_optimization=opt_level, spinning=spinning, device="cpu",
                           profile=str(Path(tmp) / "ort"))
-        for _ in range(warmup + reps):
-            sess.run_unchecked(feed)
+        _, plain, kept = alternate(lambda: sess.run_unchecked(feed), run, reps, warmup, block, pause_s)
         trace = json.loads(Path(sess.end_profiling()).read_text())
-    ms, ops, _ = ort_trace_ms(trace, warmup)
+    ms, ops, _ = ort_trace_ms(trace, kept)
     optimized = optimized_graph(path, opt_level)
     modules = node_modules(onnx.load(str(path), load_external_data=False), optimized)
     precision = node_precisions(optimized)
@@ -236,30 +272,7 @@ def ort_layers(path: Path, feed: dict, threads: int, reps: int, spinning: bool, 
     layers: dict[str, float] = defaultdict(float)
     for r in nodes:
         layers[r["module"]] += r["ms"]
-    return {"layers": dict(layers), "nodes": nodes}
-
-
-# =========================================================================== the bench's own latency
-def bench_latency_ms(name: str, job: dict, inputs: dict, threads: int, reps: int, spinning: bool) -> float:
-    """Median ms of the bench backend's own timed call (bind once, run() per query), no profiler."""
-    from harness.bench.backends import REGISTRY
-    from harness.bench.device import Device
-
-    cls = REGISTRY[name]
-    b = cls(spinning=spinning) if cls.family == "ort" else cls()
-    b.load(job, threads, Device("cpu", None))
-    try:
-        run = b.bind(inputs)
-        for _ in range(3):
-            run()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-    finally:
-        b.close()
-    return 1e3 * statistics.median(times)
+    return {"layers": dict(layers), "nodes": nodes}, plain
 
 
 # =========================================================================== FLOPs
@@ -303,17 +316,16 @@ def profile_run(run_dir, batch_size: int = 8, threads: int | None = None, backen
     from exports.onnx_export import graph_specs
     from harness.bench.backends import REGISTRY, example_inputs
     from harness.bench.backend_base import INPUT_NAMES
-    from harness.run_folder import onnx_path
-    from harness.run_folder import load_run
+    from harness.bench.device import Device
+    from harness.run_folder import load_run, onnx_path
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    unknown = [b for b in backends if b not in REGISTRY or REGISTRY[b].family not in ("torch", "ort")
-               or REGISTRY[b].precision not in ("fp32", "int8") or getattr(REGISTRY[b], "gpu", False)]
+    unknown = [b for b in backends if b not in PROFILABLE]
     if unknown:
         raise UserError(f"segvae profile: cannot profile {unknown}: expected CPU backends among "
-                        f"torch-eager, torch-channels-last, ort-fp32, ort-int8")
+                        f"{', '.join(PROFILABLE)}")
     threads = threads or os.cpu_count() or 1
     peaks = load_peak(peak)
     cfg, model = load_run(run_dir)
@@ -329,21 +341,30 @@ def profile_run(run_dir, batch_size: int = 8, threads: int | None = None, backen
     per_backend: dict[str, dict] = {}
     for name in backends:
         cls = REGISTRY[name]
-        print(f"[profile] {run_dir.name} | {name}: batch {batch_size}, {threads} threads, {reps} runs", flush=True)
-        if cls.family == "ort":
-            path = onnx_path(run_dir, cfg.task, cls.precision)
-            if not path.is_file():
-                raise UserError(f"{path} not found (run `segvae export {run_dir}"
-                                f"{' --quantize int8' if cls.precision == 'int8' else ''}` first)")
-            got = ort_layers(path, {k: inputs[k] for k in INPUT_NAMES[cfg.task]}, threads, reps, spinning)
-        else:
-            got = {"layers": torch_layers(_as_backend_runs(net, cls), args, reps), "nodes": None}
-        latency = bench_latency_ms(name, job, inputs, threads, reps, spinning)
+        print(f"[profile] {run_dir.name} | {name}: batch {batch_size}, {threads} threads, {reps} runs "
+              "profiled, each beside an unprofiled run of the bench's own call", flush=True)
+        path = onnx_path(run_dir, cfg.task, cls.precision)
+        if cls.family == "ort" and not path.is_file():
+            raise UserError(f"{path} not found (run `segvae export {run_dir}"
+                            f"{' --quantize int8' if cls.precision == 'int8' else ''}` first)")
+        backend = cls(spinning=spinning) if cls.family == "ort" else cls()
+        backend.load(job, threads, Device("cpu", None))
+        try:
+            run = backend.bind(inputs)
+            if cls.family == "ort":
+                got, plain = ort_layers(path, {k: inputs[k] for k in INPUT_NAMES[cfg.task]}, threads, reps,
+                                        spinning, run)
+            else:
+                layers, plain = torch_layers(backend.net, run, reps)
+                got = {"layers": layers, "nodes": None}
+        finally:
+            backend.close()
+        latency = statistics.median(plain)
         total = sum(got["layers"].values())
         if not 0.9 <= total / latency <= 1.1:
             print(f"[profile] note: {name}'s layers add up to {total:.3f} ms, its bench latency is {latency:.3f} ms "
-                  f"({total / latency:.2f}x): profiler overhead or a busy machine (the bench's own median is "
-                  "the figure to quote)", flush=True)
+                  f"({total / latency:.2f}x): the profiler's own cost per node or layer (a small model at a "
+                  "small batch), or a busy machine (the bench's own median is the figure to quote)", flush=True)
         per_backend[name] = {"precision": cls.precision, "layers_ms": got["layers"], "nodes": got["nodes"],
                              "sum_ms": total, "bench_latency_ms": latency, "sum_vs_latency": total / latency}
     rows = _rows(per_backend, flops, peaks, export)
@@ -360,13 +381,6 @@ def profile_run(run_dir, batch_size: int = 8, threads: int | None = None, backen
     print(format_markdown(doc, top), flush=True)
     print(f"[profile] written: {out / PROFILE_JSON} and {out / PROFILE_MD}", flush=True)
     return doc
-
-
-def _as_backend_runs(net, cls):
-    """The module as the torch backend runs it (channels-last: NHWC weights)."""
-    import torch
-
-    return net.to(memory_format=torch.channels_last) if getattr(cls, "channels_last", False) else net
 
 
 def _export_json(run_dir: Path) -> dict:

@@ -107,6 +107,49 @@ def test_module_flops_add_up_to_the_total(runs):
     assert own["stem.0.0"] == 2 * 2 * 32 * 32 * first.out_channels * first.in_channels * 9
 
 
+class _Tick(torch.nn.Module):
+    """Advances the fake clock by `before`, runs its children, then by `after`."""
+
+    def __init__(self, clock, before, after, *children):
+        super().__init__()
+        self.clock, self.before, self.after = clock, before, after
+        self.kids = torch.nn.ModuleList(children)
+
+    def forward(self, x):
+        self.clock[0] += self.before
+        for k in self.kids:
+            x = k(x)
+        self.clock[0] += self.after
+        return x
+
+
+def test_torch_layers_gives_each_module_its_span_minus_its_children(monkeypatch):
+    """A fake clock that only the modules advance: root 2+1 ns around a child of 5 ns that holds a
+    grandchild of 7 ns, and a second child of 11 ns. Own times by hand: root 3, a 5, a.b 7, c 11;
+    their sum is the root's span. The unprofiled calls are the bench call's, as many as the profiled."""
+    from harness import profile
+
+    clock = [0]
+    root = _Tick(clock, 2, 1, _Tick(clock, 5, 0, _Tick(clock, 7, 0)), _Tick(clock, 0, 11))
+    monkeypatch.setattr(profile.time, "perf_counter_ns", lambda: clock[0] * 1_000_000)  # 1 tick = 1 ms
+    plain_calls = []
+    layers, plain = profile.torch_layers(root, lambda: plain_calls.append(root(torch.zeros(1))), reps=5, warmup=2)
+    assert layers == {TOP_LEVEL: 3.0, "kids.0": 5.0, "kids.0.kids.0": 7.0, "kids.1": 11.0}
+    assert len(plain) == 5 and len(plain_calls) == 2 * 2 + 5 + 5  # warm-ups of both sides, hooked, plain
+
+
+def test_alternate_takes_turns_in_blocks_and_names_the_timed_calls():
+    order = []
+    from harness.profile import alternate
+
+    a, b, kept = alternate(
+        lambda: order.append("a"), lambda: order.append("b"), reps=5, warmup=1, block=2)
+    assert len(a) == len(b) == 5
+    # warm-up ab, then blocks of 1 untimed + 2 timed calls each: aaa bbb aaa bbb aaa bbb
+    assert "".join(order) == "ab" + "aaabbb" * 3
+    assert kept == [2, 3, 5, 6, 8]  # ordinals among a's 10 calls: 0 warm-up, 1/4/7 switches, 9 past reps
+
+
 def test_report_shows_the_profile(runs, profiles, tmp_path):
     from harness.report import build_report
 
@@ -208,9 +251,11 @@ def test_accuracy_aware_int8_falls_back_until_the_gate_passes(tmp_path, data_roo
     assert [n["runs_in"] for n in fb["kept_fp32"]] == [kinds.get(n["node"]) for n in fb["kept_fp32"]]
 
 
-def test_profile_rejects_unknown_backends(runs):
-    with pytest.raises(UserError, match="cannot profile"):
-        profile_run(runs["cvae-mnist"], backends=["ort-cuda"])
+@pytest.mark.parametrize("backend", ["ort-cuda", "torch-int8", "torch-compile", "no-such-backend"])
+def test_profile_rejects_backends_it_cannot_time_per_layer(runs, backend):
+    """A GPU session, or a compiled graph that module hooks would not see (they would time eager instead)."""
+    with pytest.raises(UserError, match=f"cannot profile \\['{backend}'\\]"):
+        profile_run(runs["cvae-mnist"], backends=[backend])
 
 
 def test_unet_layer_errors_apply_the_relu_folded_into_a_conv(runs):
