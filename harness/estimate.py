@@ -9,7 +9,8 @@ forward passes, and every stage is costed from those and the plan's own counts:
   judges  the judge network, timed the same way, over its recipe's epochs and data
   export  a dynamo export per graph, int8 calibration, and three test-split passes (parity, gates)
   bench   the probe, worker starts, one accuracy pass per backend, and rounds x scenarios x
-          max(min duration, min queries x latency) per backend
+          max(min duration, min queries x latency) per backend, the rounds fitted into the bench's
+          time budget as the bench fits them (rounds_in_budget)
 
 The constants below (process start, export tracing, worker start) were fitted on the quick preset
 on an AVX2-only EPYC (docs/results/estimate/); data loading and Python overhead are not timed.
@@ -182,10 +183,14 @@ def _cost_of(cfg, costs: dict, key: str) -> Cost:
 def _bench_s(bench: dict, benched: list, costs: dict) -> float:
     from harness.bench.config import BenchConfig
     from harness.bench.runner import default_backends
+    from harness.bench.stats import MIN_ROUNDS_95
     from harness.hardware import machine
 
     fields = {k: v for k, v in bench.items() if k in BenchConfig.__dataclass_fields__}
     cfg = BenchConfig(**fields)
+    # as `segvae bench` reads its flags: --budget-min sets the time budget, --rounds alone turns it off
+    budget_s = 60.0 * bench["budget_min"] if bench.get("budget_min") else (
+        None if "rounds" in bench else cfg.budget_s)
     backends = cfg.backends if cfg.backends is not None else default_backends(machine(with_gpu=False))[0]
     backends = [b for b in backends if not b.startswith("ort-cuda") and b != "ort-tensorrt" and b != "torch-fp16"]
     total = cfg.peak_budget_s
@@ -198,7 +203,18 @@ def _bench_s(bench: dict, benched: list, costs: dict) -> float:
                 t = cfg.timing(scenario, bs)
                 query_s = c.forward_bs1_s if bs == 1 else bs * c.forward_per_sample_s
                 per_round += cfg.warmup * query_s + max(t["min_duration"], t["min_queries"] * query_s)
-        total += PROCESS_S + len(backends) * (WORKER_START_S + n_acc * c.forward_per_sample_s + cfg.rounds * per_round)
+        load_s = len(backends) * (WORKER_START_S + n_acc * c.forward_per_sample_s)
         if "torch-compile" in backends:
-            total += COMPILE_S * len(cfg.batch_sizes)
+            load_s += COMPILE_S * len(cfg.batch_sizes)
+        round_s = len(backends) * per_round  # a round runs every backend once
+        total += PROCESS_S + load_s + rounds_in_budget(cfg.rounds, budget_s and budget_s / len(benched),
+                                                       load_s, round_s, MIN_ROUNDS_95) * round_s
     return total
+
+
+def rounds_in_budget(rounds: int, budget_s: float | None, load_s: float, round_s: float, floor: int) -> int:
+    """The rounds harness.bench.runner.RoundBudget runs: its share of the budget counts from the
+    loads, never fewer than `floor` nor more than `rounds`."""
+    if not budget_s:
+        return rounds
+    return min(rounds, max(floor, int((budget_s - load_s) // round_s)))
