@@ -5,12 +5,14 @@ with the int8 graph's error against fp32 beside it.
     python scripts/int8_variants.py RUN [--batch-size 8] [--threads 2] [--rounds 12] [--out FILE.json]
 
 Variants (exports.quantize.QuantOptions and OrtSession settings; the baseline is `segvae export
---quantize int8`'s recipe: QDQ, U8S8, per-channel, every op type ORT quantizes):
-  int8 recipe variants: per-tensor weights, reduce_range (7-bit weights), S8S8, Conv/Gemm/MatMul only
+--quantize int8`'s recipe on this CPU: QDQ, U8S8, per-channel, every op type ORT quantizes, 7-bit
+weights where VNNI is absent):
+  int8 recipe variants: per-tensor weights, the other weight range (7 or 8 bits), S8S8, Conv/Gemm/MatMul only
   (no int8 Mul/Add/Sigmoid/Concat: fewer Q/DQ hops), no ConvTranspose (its weights are not
   dequantized on every run), QOperator-free fusions as ORT does them;
   session variants on the baseline int8 graph and on fp32: opt level "extended" (no NCHWc layout),
-  denormals as zero, passive waiting.
+  denormals as zero. Each timed block starts after a pause (harness.profile.SPIN_STOP_S), so the
+  previous variant's spinning threads have let go of the cores.
 Calibration: the run's training images (as `segvae export`), `--calib-count` of them. Prints a table
 (median ms per batch over rounds, [min-max of the round medians], vs the baseline) and writes JSON.
 A figure is publishable only from a quiet machine (the lead runs this; see docs/results/README.md).
@@ -32,22 +34,27 @@ from exports.onnx_export import graph_specs
 from exports.quantize import QuantOptions, fp32_ops, quantize_int8
 from exports.session import OrtSession
 from harness.bench.backend_base import INPUT_NAMES
-from harness.run_folder import onnx_path
 from harness.export_data import ExportData, inputs_for
-from harness.run_folder import data_root_for, load_run
+from harness.profile import SPIN_STOP_S
+from harness.run_folder import data_root_for, load_run, onnx_path
 
-BASE = QuantOptions()
-RECIPES = {
-    "int8 (export recipe)": BASE,
-    "int8 per-tensor": replace(BASE, per_channel=False),
-    "int8 reduce_range": replace(BASE, reduce_range=True),
-    "int8 S8S8": replace(BASE, activations="QInt8"),
-    "int8 Conv/Gemm/MatMul only": replace(BASE, op_types=("Conv", "Gemm", "MatMul")),
-    "int8 without ConvTranspose": replace(BASE, op_types=("Conv", "Gemm", "MatMul", "Add", "Mul", "Sigmoid",
-                                                          "Concat", "MaxPool", "Relu", "Resize", "Split",
-                                                          "Reshape", "Transpose", "Unsqueeze", "Gather",
-                                                          "DepthToSpace", "Clip", "Expand")),
-}
+def recipes(reduce_range: bool) -> dict[str, QuantOptions]:
+    """The export's recipe on this CPU (7-bit weights where VNNI is absent: harness.export_stage.int8_isa)
+    and its variants, each one knob away."""
+    base = QuantOptions(reduce_range=reduce_range)
+    return {
+        "int8 (export recipe)": base,
+        "int8 per-tensor": replace(base, per_channel=False),
+        "int8 full 8-bit weights" if reduce_range else "int8 reduce_range": replace(base, reduce_range=not reduce_range),
+        "int8 S8S8": replace(base, activations="QInt8"),
+        "int8 Conv/Gemm/MatMul only": replace(base, op_types=("Conv", "Gemm", "MatMul")),
+        "int8 without ConvTranspose": replace(base, op_types=("Conv", "Gemm", "MatMul", "Add", "Mul", "Sigmoid",
+                                                              "Concat", "MaxPool", "Relu", "Resize", "Split",
+                                                              "Reshape", "Transpose", "Unsqueeze", "Gather",
+                                                              "DepthToSpace", "Clip", "Expand")),
+    }
+
+
 SESSIONS = {  # name -> OrtSession keywords + extra config entries
     "opt extended (no NCHWc)": ({"graph_optimization": "extended"}, {}),
     "denormals as zero": ({}, {"session.set_denormal_as_zero": "1"}),
@@ -55,6 +62,7 @@ SESSIONS = {  # name -> OrtSession keywords + extra config entries
 
 
 def timed(sess: OrtSession, feed: dict, min_runs: int, min_s: float) -> float:
+    time.sleep(SPIN_STOP_S)  # the previous variant's spinning threads let go of the cores first
     for _ in range(2):
         sess.run_unchecked(feed)
     times, t_end = [], time.perf_counter() + min_s
@@ -112,7 +120,10 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="int8-variants-"))
     graphs = {"fp32": fp32}
     notes = {}
-    for name, opts in RECIPES.items():
+    from harness.export_stage import int8_isa
+    from harness.hardware import machine
+    isa = int8_isa(machine(with_gpu=False))
+    for name, opts in recipes(isa["reduce_range"]).items():
         path = work / (name.replace(" ", "_").replace("/", "-") + ".onnx")
         q = quantize_int8(source, path, batches, options=opts)
         graphs[name] = path
@@ -137,10 +148,10 @@ def main():
         med = statistics.median(ms)
         rows.append({"variant": n, "median_ms": med, "min_ms": min(ms), "max_ms": max(ms), "rounds": ms,
                      "vs_int8_recipe": base / med, "mean_abs_err_vs_fp32": errors[n], **notes.get(n, {})})
-    from harness.hardware import machine
     host = machine(with_gpu=False)
     model_name, flags = host.cpu_model, host.cpu_flags
     doc = {"run": run.name, "experiment": cfg.name, "batch_size": a.batch_size, "threads": a.threads,
+           "export_recipe": {"reduce_range": isa["reduce_range"], "why": isa["why"]},
            "rounds": a.rounds, "cpu": {"model": model_name, "flags": flags}, "calibration": f"{a.calib_count} {src}",
            "variants": rows, "method": "median of per-round medians; [min-max] of the round medians; interleaved"}
     Path(a.out).write_text(json.dumps(doc, indent=1))
