@@ -103,7 +103,7 @@ def _bench_config(a):
     fields = {k: getattr(a, k, None) for k in (  # the peak probe's options are the bench's alone
         "backends", "scenarios", "batch_sizes", "device", "threads", "rounds", "min_queries", "min_duration", "mlperf",
         "server_qps", "latency_bound_ms", "server_search", "accuracy_samples", "accuracy_target", "ort_opt_level",
-        "warmup", "wait", "processes", "slices", "peak_budget_s", "peak_file")}
+        "warmup", "wait", "settle_s", "processes", "slices", "peak_budget_s", "peak_file")}
     cfg = BenchConfig(**{k: v for k, v in fields.items() if v is not None})
     if getattr(a, "budget_min", None) is not None:
         cfg.budget_s = 60.0 * a.budget_min

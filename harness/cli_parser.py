@@ -281,6 +281,10 @@ def _bench_options(b) -> None:
                    help="how idle threads wait: spin (libgomp's and ONNX Runtime's defaults) or passive "
                         "(OMP_WAIT_POLICY=PASSIVE, ORT spinning off: for a machine other processes share; default: spin in "
                         "`segvae bench`, passive in `segvae ab`, whose lanes take turns every 50 ms)")
+    b.add_argument("--settle-s", type=nonnegative_float,
+                   help="seconds to wait before a backend's turn that follows an ONNX Runtime backend's, whose "
+                        "threads spin on for tens of ms on the cores the next one times (default: 0.25 with --wait "
+                        "spin, 0 with passive)")
 
 
 def _ab(sub) -> None:
@@ -323,7 +327,8 @@ def _profile(sub) -> None:
                   "RUN/profile.md. Needs `segvae export RUN --quantize int8` first.")
     pr.add_argument("run_dir", metavar="RUN_DIR", help="an exported run folder")
     pr.add_argument("--backends", type=csv, default=["torch-eager", "ort-fp32", "ort-int8"],
-                    help="comma list of CPU backends (default: torch-eager,ort-fp32,ort-int8)")
+                    help="comma list of CPU backends among torch-eager, torch-channels-last, torch-bf16, ort-fp32, "
+                         "ort-int8 (default: torch-eager,ort-fp32,ort-int8)")
     pr.add_argument("--batch-size", type=positive_int, default=8, help="batch size (default: 8)")
     pr.add_argument("--threads", type=positive_int, help="threads (default: all cores, as the bench)")
     pr.add_argument("--reps", type=positive_int, default=40, help="profiled runs per backend (default: 40)")

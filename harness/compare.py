@@ -46,7 +46,8 @@ DRIFT = ("these are two sessions, and whatever the host did between them lands i
 MACHINE_FIELDS = (("env", "cpu_model"), ("env", "cpu_flags"), ("env", "cores_logical"), ("env", "python"),
                   ("env", "torch"), ("env", "onnxruntime"), ("env", "numpy"))
 SETTING_FIELDS = tuple(("config", k) for k in (
-    "threads", "device_resolved", "world_size", "isolation", "processes_used", "slices_used", "wait", "ort_opt_level", "rounds",
+    "threads", "device_resolved", "world_size", "isolation", "processes_used", "slices_used", "wait", "settle_s_used",
+    "ort_opt_level", "rounds",
     "min_queries", "min_duration", "warmup", "mlperf", "accuracy_samples", "accuracy_target"))
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.bench.process_env import SPIN_SETTLE_S
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_text, read_json
 
@@ -46,8 +47,7 @@ __all__ = ["profile_run", "torch_layers", "ort_layers", "node_modules", "load_pe
 
 BACKENDS = ("torch-eager", "ort-fp32", "ort-int8")
 # eager modules take hooks (torch.compile's graphs do not), ORT's CPU sessions a profiler
-PROFILABLE = ("torch-eager", "torch-channels-last", "ort-fp32", "ort-int8")
-SPIN_STOP_S = 0.25  # an idle ORT session's spinning threads have let go of the cores by then (see ort_layers)
+PROFILABLE = ("torch-eager", "torch-channels-last", "torch-bf16", "ort-fp32", "ort-int8")
 PROFILE_JSON, PROFILE_MD = "profile.json", "profile.md"
 TOP_LEVEL = "(top level)"
 UNATTRIBUTED = "(unattributed)"
@@ -243,7 +243,7 @@ def ort_trace_ms(trace: list, kept: list[int]) -> tuple[dict[str, float], dict[s
 
 
 def ort_layers(path: Path, feed: dict, threads: int, reps: int, spinning: bool, run, opt_level: str = "all",
-               warmup: int = 3, block: int = 4, pause_s: float = SPIN_STOP_S) -> tuple[dict, list[float]]:
+               warmup: int = 3, block: int = 4, pause_s: float = SPIN_SETTLE_S) -> tuple[dict, list[float]]:
     """({"layers": module -> ms, "nodes": [...]}, the untimed calls' ms) for one ORT graph.
 
     A profiling session on the bench's own settings takes turns with `run`, the bench backend's own
@@ -343,10 +343,10 @@ def profile_run(run_dir, batch_size: int = 8, threads: int | None = None, backen
         cls = REGISTRY[name]
         print(f"[profile] {run_dir.name} | {name}: batch {batch_size}, {threads} threads, {reps} runs "
               "profiled, each beside an unprofiled run of the bench's own call", flush=True)
-        path = onnx_path(run_dir, cfg.task, cls.precision)
+        path = onnx_path(run_dir, cfg.task, cls.onnx_key())
         if cls.family == "ort" and not path.is_file():
             raise UserError(f"{path} not found (run `segvae export {run_dir}"
-                            f"{' --quantize int8' if cls.precision == 'int8' else ''}` first)")
+                            f"{' --quantize int8' if cls.onnx_key() == 'int8' else ''}` first)")
         backend = cls(spinning=spinning) if cls.family == "ort" else cls()
         backend.load(job, threads, Device("cpu", None))
         try:
@@ -419,7 +419,7 @@ def _rows(per_backend: dict, flops: dict, peaks: dict | None, int8: dict) -> lis
                 kinds = {n["precision"] for n in b["nodes"] if n["module"] == m and n["precision"]}
                 prec = "int8" if kinds == {"int8"} else ("fp32" if kinds == {"fp32"} else ("mixed" if kinds else None))
             gops = flops.get(m, 0) / (ms / 1e3) / 1e9 if ms > 0 and flops.get(m) else None
-            peak = (peaks or {}).get("int8" if prec == "int8" else "fp32")
+            peak = (peaks or {}).get(prec if prec in ("int8", "bf16", "fp16") else "fp32")  # mixed: fp32's
             row["backends"][name] = {"ms": ms, "share": ms / b["sum_ms"] if b["sum_ms"] else None,
                                      "precision": prec, "gops": gops,
                                      "of_peak": gops / peak if gops and peak else None}

@@ -11,7 +11,7 @@ weights where VNNI is absent):
   (no int8 Mul/Add/Sigmoid/Concat: fewer Q/DQ hops), no ConvTranspose (its weights are not
   dequantized on every run), QOperator-free fusions as ORT does them;
   session variants on the baseline int8 graph and on fp32: opt level "extended" (no NCHWc layout),
-  denormals as zero. Each timed block starts after a pause (harness.profile.SPIN_STOP_S), so the
+  denormals as zero. Each timed block starts after a pause (harness.profile.SPIN_SETTLE_S), so the
   previous variant's spinning threads have let go of the cores.
 Calibration: the run's training images (as `segvae export`), `--calib-count` of them. Prints a table
 (median ms per batch over rounds, [min-max of the round medians], vs the baseline) and writes JSON.
@@ -35,7 +35,7 @@ from exports.quantize import QuantOptions, fp32_ops, quantize_int8
 from exports.session import OrtSession
 from harness.bench.backend_base import INPUT_NAMES
 from harness.export_data import ExportData, inputs_for
-from harness.profile import SPIN_STOP_S
+from harness.bench.process_env import SPIN_SETTLE_S
 from harness.run_folder import data_root_for, load_run, onnx_path
 
 def recipes(reduce_range: bool) -> dict[str, QuantOptions]:
@@ -62,7 +62,7 @@ SESSIONS = {  # name -> OrtSession keywords + extra config entries
 
 
 def timed(sess: OrtSession, feed: dict, min_runs: int, min_s: float) -> float:
-    time.sleep(SPIN_STOP_S)  # the previous variant's spinning threads let go of the cores first
+    time.sleep(SPIN_SETTLE_S)  # the previous variant's spinning threads let go of the cores first
     for _ in range(2):
         sess.run_unchecked(feed)
     times, t_end = [], time.perf_counter() + min_s

@@ -9,7 +9,7 @@
    the hooks' sum also to the plain calls torch_layers alternates with them (what the profile reports).
 2. ONNX Runtime: one session's spinning threads slowing the next. Median ms of the fp32 graph's bench
    session run alone, and of the same session right after another session on the same graph ran,
-   with no pause (blocks of 1 and 4 runs) and after a pause of 5 ms, 50 ms and SPIN_STOP_S.
+   with no pause (blocks of 1 and 4 runs) and after a pause of 5 ms, 50 ms and SPIN_SETTLE_S.
 Writes JSON with every block's figures and the CPU.
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ from harness.bench.backend_base import INPUT_NAMES
 from harness.bench.backends import example_inputs
 from harness.hardware import machine
 from harness.io import atomic_write_json
-from harness.profile import SPIN_STOP_S, TOP_LEVEL, torch_layers
+from harness.bench.process_env import SPIN_SETTLE_S
+from harness.profile import TOP_LEVEL, torch_layers
 from harness.run_folder import load_run, onnx_path
 
 
@@ -95,7 +96,7 @@ def ort_block(path, feed: dict, threads: int, calls: int) -> dict:
                 bench.run_unchecked(feed)
                 times.append(time.perf_counter() - t0)
         out[f"after_other_no_pause_block{block}_ms"] = 1e3 * statistics.median(times)
-    for pause in (0.005, 0.05, SPIN_STOP_S):
+    for pause in (0.005, 0.05, SPIN_SETTLE_S):
         times = []
         for _ in range(calls // 4):
             for _ in range(4):

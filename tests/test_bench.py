@@ -28,7 +28,7 @@ from tests.helpers import exported_tiny_runs
 
 # one thread: OpenMP barriers with 2 threads on 2 busy cores (other tests running) make torch ~100x slower
 FAST = dict(min_duration=0.02, min_queries=3, batch_sizes=[1, 2], warmup=1, peak_size=256, peak_reps=2, threads=1,
-            rounds=3)
+            rounds=3, settle_s=0.0)  # the pause after ORT's turns is tested on its own
 BACKENDS = ["torch-eager", "torch-channels-last", "torch-bf16", "ort-fp32", "ort-int8", "ort-cuda"]
 CUDA = REGISTRY["ort-cuda"].available(Device("cuda", 0))[0] and torch.cuda.is_available()
 MEASURED = [b for b in BACKENDS if b != "ort-cuda" or CUDA]
@@ -181,7 +181,7 @@ def test_provenance(bench, runs):
             if r["task"] == "segmentation":
                 assert "fold_batchnorm" in r["form"]["graph"]
         if r["backend"] == "torch-bf16":
-            assert "converted once to bf16" in r["form"]["weights"]
+            assert "converted once to bf16" in r["form"]["weights"] and r["form"]["channels_last"] is True
         # the rewrites of the graph it runs: BatchNorm folded in every UNet form; ConvTranspose as
         # Conv + DepthToSpace in ORT int8's graphs only (UNet: 1x1 Conv; CVAE decoder: 3x3 Conv)
         int8 = r["backend"] == "ort-int8"
@@ -382,7 +382,8 @@ def test_config_validation():
     assert BenchConfig(mlperf=True).timing("offline", 32) == {"min_queries": 768, "min_duration": 600.0}
     assert BenchConfig(mlperf=True).timing("server", 1)["min_queries"] == 662
     assert set(REGISTRY) == {"torch-eager", "torch-channels-last", "torch-bf16", "torch-fp16", "torch-compile", "torch-int8",
-                             "ort-fp32", "ort-int8", "ort-cuda", "ort-cuda-fp16", "ort-tensorrt", "openvino-fp32", "openvino-int8"}
+                             "ort-fp32", "ort-int8", "ort-cuda", "ort-cuda-fp16", "ort-tensorrt", "openvino-fp32", "openvino-bf16",
+                             "openvino-int8"}
     assert REGISTRY["torch-fp16"].available(CPU)[0] is False and REGISTRY["ort-cuda-fp16"].available(CPU)[0] is False
     with pytest.raises(UserError, match="run directory not found"):
         run_bench(["/nonexistent/run"], BenchConfig(**FAST))
@@ -571,3 +572,28 @@ def test_bench_over_budget_runs_fewer_rounds_and_stays_stable(runs, data_root, t
     assert r["rounds"] == 6 and len(r["rounds_samples_per_s"]) == 6 and r["stable"] is True
     (b,) = doc["config"]["budget"].values()
     assert b["fitted"] is True and b["rounds_run"] == 6 and b["rounds_asked"] == 8
+
+
+def test_a_turn_after_an_ort_backend_waits_for_its_spinning_threads(runs, data_root, tmp_path, monkeypatch):
+    """Under --wait spin every turn that follows an ORT backend's (another backend, or the next item's or
+    round's first) starts after settle_s; none other does; under passive waiting none does by default."""
+    import time as time_module
+
+    from harness.bench.runner import settle_s
+
+    assert settle_s(BenchConfig()) == 0.25 and settle_s(BenchConfig(wait="passive")) == 0.0
+    assert settle_s(BenchConfig(wait="passive", settle_s=0.1)) == 0.1
+    with pytest.raises(UserError, match="invalid settle_s=-1"):
+        BenchConfig(settle_s=-1).validate()
+    pauses = []
+    real_sleep = time_module.sleep
+    monkeypatch.setattr(time_module, "sleep", lambda s: pauses.append(s) if s == 0.0123 else real_sleep(s))
+    cfg = BenchConfig(backends=["torch-eager", "ort-fp32", "ort-int8"], scenarios=["single-stream", "offline"],
+                      isolate=False, **{**FAST, "batch_sizes": [2], "settle_s": 0.0123, "rounds": 4})
+    doc = run_bench(runs["unet"], cfg, data_root=data_root, out=tmp_path / "b.json")
+    (schedule,) = doc["config"]["order"]["schedule"].values()  # the turns in the order they ran
+    turns = [name for orders in schedule for item_order in orders.values() for name in item_order]
+    after_ort = sum(prev != now and prev.startswith("ort-") for prev, now in zip(turns, turns[1:]))
+    after_torch = sum(prev != now and prev == "torch-eager" for prev, now in zip(turns, turns[1:]))
+    assert after_ort > 0 and after_torch > 0 and len(pauses) == after_ort  # a turn after torch's: no pause
+    assert doc["config"]["settle_s_used"] == 0.0123

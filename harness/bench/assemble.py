@@ -40,7 +40,7 @@ def _base(ctx, job: dict, name: str, ranks: list[dict], acc: dict, gate: dict) -
     status, why = backend_status(ctx.host, cls, ctx.device.kind)
     load = ranks[0]["load"]
     if getattr(cls, "runs_onnx", False):
-        f = job["onnx"][cls.precision]
+        f = job["onnx"][cls.onnx_key()]
         model_file, sha = f["path"], f["sha256"]
     else:
         model_file = str(Path(job["run_dir"]) / WEIGHTS_FILE)

@@ -19,11 +19,17 @@ INPUT_NAMES = {"segmentation": ("image",), "cvae": ("image", "label", "new_label
 
 class Backend:
     name: str = "?"            # the registry key, e.g. "torch-eager"
-    precision: str = "fp32"    # fp32 | bf16 | fp16 | int8: the peak probe and the ONNX file it reads
+    precision: str = "fp32"    # fp32 | bf16 | fp16 | int8: the peak probe, and the ONNX file it reads
+    graph: str | None = None   # the ONNX file's precision when not `precision` (OpenVINO bf16 runs the fp32 graph)
     family: str = "?"          # "torch" (runs RUN/model.safetensors) or "ort" (runs RUN/onnx/<precision>)
     gpu: bool = False          # computes on a GPU only (its figures are never compared with a CPU peak)
     runs_onnx: bool = False    # runs RUN/onnx/<precision> (ORT's and OpenVINO's backends): the bench checks them
     library: str | None = None  # harness.hardware's library for native-vs-emulated (None: `family`)
+
+    @classmethod
+    def onnx_key(cls) -> str:
+        """The key of the run's ONNX file this backend reads (RUN/onnx/<key>), for `runs_onnx` backends."""
+        return cls.graph or cls.precision
 
     @classmethod
     def available(cls, device) -> tuple[bool, str]:

@@ -6,7 +6,7 @@ import time (ORT workers must never import torch).
 from __future__ import annotations
 
 from harness.bench.backend_base import Backend
-from harness.bench.backends_openvino import OpenVinoFP32, OpenVinoInt8
+from harness.bench.backends_openvino import OpenVinoBF16, OpenVinoFP32, OpenVinoInt8
 from harness.bench.backends_ort import OrtCuda, OrtCudaFP16, OrtFP32, OrtInt8, OrtTensorRT
 from harness.bench.backends_torch import (TorchBF16, TorchChannelsLast, TorchCompile, TorchEager, TorchFP16,
                                           example_inputs)
@@ -16,4 +16,4 @@ __all__ = ["REGISTRY", "example_inputs", "TorchEager", "TorchCompile", "TorchInt
 
 REGISTRY: dict[str, type[Backend]] = {c.name: c for c in (
     TorchEager, TorchChannelsLast, TorchBF16, TorchFP16, TorchCompile, TorchInt8,
-    OrtFP32, OrtInt8, OrtCuda, OrtCudaFP16, OrtTensorRT, OpenVinoFP32, OpenVinoInt8)}
+    OrtFP32, OrtInt8, OrtCuda, OrtCudaFP16, OrtTensorRT, OpenVinoFP32, OpenVinoBF16, OpenVinoInt8)}

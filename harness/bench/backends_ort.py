@@ -58,7 +58,7 @@ class OrtBackend(Backend):
         from exports.session import OrtSession
 
         self.task, self.device = job["task"], device
-        self.path = Path(job["onnx"][self.precision]["path"])
+        self.path = Path(job["onnx"][self.onnx_key()]["path"])
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} not found")
         # the deployment path's own session (threads, provider chain, device checks); spinning as --wait says

@@ -55,6 +55,8 @@ class BenchConfig:
     ort_opt_level: str = "all"                   # ONNX Runtime graph optimization: all|extended|basic|disable
     processes: int = 1                           # fresh worker processes per backend, rounds split among them
     wait: str = "spin"                           # idle threads: spin (libgomp's and ORT's defaults) | passive
+    settle_s: float | None = None                # pause before a turn that follows an ORT backend's (its threads
+                                                 # spin on); None: process_env.SPIN_SETTLE_S under spin, 0 passive
     slices: int | None = None                    # backends alternate this many times per round; None: 1 in the
                                                  # bench, min_duration / 50 ms in the A/B mode (ab.auto_slices)
 
@@ -88,6 +90,8 @@ class BenchConfig:
                             "(every process measures at least one round)")
         if self.wait not in WAITS:
             raise UserError(f"invalid wait={self.wait!r}: expected one of {', '.join(WAITS)}")
+        if self.settle_s is not None and not (isinstance(self.settle_s, (int, float)) and 0 <= self.settle_s < 60):
+            raise UserError(f"invalid settle_s={self.settle_s!r}: expected seconds, at least 0 and under 60")
         try:  # syntax only here; availability is checked against the machine in run_bench
             resolve_device(self.device, True, 1 << 16)
         except ValueError as e:

@@ -18,6 +18,13 @@ MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (-3, 32 << 20),   # glibc's maximum: bloc
                    "M_TOP_PAD": (-2, 256 << 20)}         # grow the heap in 256 MiB steps
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 ORT_MALLOC = {"source": "not set (ORT's arena)"}
+# With spinning threads (--wait spin), a session that just ran keeps its threads spinning for tens of
+# ms, on the cores the next backend is about to time: on the 2-vCPU EPYC the MNIST CVAE's ORT fp32
+# session at batch 8 ran 3.1 ms alone, 3.9-7.2 ms right after another session, 7.1-7.9 after a 5 ms
+# pause, 3.0-3.1 after 50 ms and after 0.25 s (docs/results/per-layer-epyc/profile-overhead-*.json).
+# So the bench waits this long whenever it switches to another backend, and `segvae profile` between
+# its two sessions.
+SPIN_SETTLE_S = 0.25
 
 
 def retain_freed_memory() -> dict:

@@ -38,7 +38,7 @@ from harness.bench.assemble import assemble
 from harness.bench.config import REFERENCE, BenchConfig
 from harness.bench.device import detect_device
 from harness.bench.launchers import Dist, LocalWorker, ProcessWorker, WorkerError, interleave
-from harness.bench.process_env import OMP_DEFAULT, ORT_MALLOC, configure_omp, retain_freed_memory
+from harness.bench.process_env import OMP_DEFAULT, ORT_MALLOC, SPIN_SETTLE_S, configure_omp, retain_freed_memory
 from harness.bench.scenarios import SCENARIOS
 from harness.errors import UserError
 from harness.hardware import EMULATED, backend_status, machine
@@ -196,7 +196,7 @@ def _prepare_run(ctx: Ctx, run_dir: Path, index: int) -> dict:
 
     exp_cfg, model = load_run(run_dir)
     data_root = data_root_for(run_dir, ctx.data_root, "segvae bench")  # the run's own data unless told otherwise
-    ort_precisions = {REGISTRY[n].precision for n in ctx.names if getattr(REGISTRY[n], "runs_onnx", False)}
+    ort_precisions = {REGISTRY[n].onnx_key() for n in ctx.names if getattr(REGISTRY[n], "runs_onnx", False)}
     prov = trackers.onnx_provenance(run_dir, exp_cfg.hash(), need=bool(ort_precisions))
     folder = ctx.workdir / f"run{index}"
     inputs = accuracy.prepare_inputs(exp_cfg, data_root, ctx.cfg.accuracy_samples, ctx.cfg.seed, folder)
@@ -256,6 +256,14 @@ class BackendRun:
     def result(self) -> dict:
         return {"error": self.error, "load": self.load, "acc": self.acc, "rounds": self.rounds,
                 "search": self.search, "finish": self.finish}
+
+
+def settle_s(cfg: BenchConfig) -> float:
+    """Seconds to wait before a turn that follows an ORT backend's: --settle-s, else
+    process_env.SPIN_SETTLE_S where idle threads spin and none where they sleep."""
+    if cfg.settle_s is not None:
+        return cfg.settle_s
+    return SPIN_SETTLE_S if cfg.wait == "spin" else 0.0
 
 
 @dataclass
@@ -339,9 +347,9 @@ def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[
                 for j, ws in enumerate(workers) for n, w in ws.items()}
     for b in backends.values():
         cls, job = REGISTRY[b.name], b.job
-        if getattr(cls, "runs_onnx", False) and not job["onnx"].get(cls.precision):
-            b.error = (f"{onnx_path(job['run_dir'], job['task'], cls.precision)} not found (run `segvae export "
-                       f"{job['run_dir']}{' --quantize int8' if cls.precision == 'int8' else ''}`)")
+        if getattr(cls, "runs_onnx", False) and not job["onnx"].get(cls.onnx_key()):
+            b.error = (f"{onnx_path(job['run_dir'], job['task'], cls.onnx_key())} not found (run `segvae export "
+                       f"{job['run_dir']}{' --quantize int8' if cls.onnx_key() == 'int8' else ''}`)")
             continue
         b.load = _safe(ctx, job, b, "load", job=job)
         if b.load is not None:
@@ -353,9 +361,13 @@ def bench_together(ctx: Ctx, jobs: list[dict], workers: list[dict], sides: list[
     rng = random.Random(cfg.seed)  # the same on every rank: ranks take the same turns
 
     slices = ctx.slices
+    pause, last = settle_s(cfg), [None]  # last: the backend measured last, in any item or round
 
     def measure(items, rounds: int, extend_rounds=None) -> list[dict]:
         def call(k, item, r, sl=0):
+            if pause and last[0] not in (None, k) and REGISTRY[backends[last[0]].name].family == "ort":
+                time.sleep(pause)  # its spinning threads let go of the cores this backend is about to time
+            last[0] = k
             scen, bs = item
             b = backends[k]
             extra = ctx.server.get(b.job["run"], {}) if SCENARIOS[scen].paced else {}
@@ -531,7 +543,7 @@ def measure(ctx: Ctx, run_dirs: list[Path], argv, sides: list[str] | None = None
         "config": {**asdict(ctx.cfg), "threads": ctx.threads, "device_resolved": str(ctx.device),
                    "isolation": "subprocess" if ctx.isolated else "none",
                    "processes_used": ctx.cfg.processes if ctx.isolated else 1, "world_size": ctx.dist.world,
-                   "slices_used": ctx.slices,
+                   "slices_used": ctx.slices, "settle_s_used": settle_s(ctx.cfg),
                    "budget": {run: b.record(len(ctx.schedule.get(run) or [])) for run, b in ctx.budgets.items()} or None,
                    "backends_run": [n for n in ctx.names if n not in ctx.skipped],
                    "accuracy_batch_size": ctx.cfg.accuracy_batch_size, "omp_wait_policy": ctx.omp_policy,
