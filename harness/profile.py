@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.bench.process_env import SPIN_SETTLE_S
+from harness.bench.process_env import SPIN_SETTLE_S, retain_freed_memory
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_text, read_json
 
@@ -327,6 +327,9 @@ def profile_run(run_dir, batch_size: int = 8, threads: int | None = None, backen
         raise UserError(f"segvae profile: cannot profile {unknown}: expected CPU backends among "
                         f"{', '.join(PROFILABLE)}")
     threads = threads or os.cpu_count() or 1
+    # as the bench's torch workers: glibc keeps freed memory, so eager's large activations are not mapped
+    # and unmapped (page faults) on every call; ORT keeps its own arena and is unaffected
+    malloc = retain_freed_memory()
     peaks = load_peak(peak)
     cfg, model = load_run(run_dir)
     torch.set_num_threads(threads)
@@ -369,7 +372,7 @@ def profile_run(run_dir, batch_size: int = 8, threads: int | None = None, backen
                              "sum_ms": total, "bench_latency_ms": latency, "sum_vs_latency": total / latency}
     rows = _rows(per_backend, flops, peaks, export)
     doc = {"run": run_dir.name, "experiment": cfg.name, "task": cfg.task, "batch_size": batch_size,
-           "threads": threads, "reps": reps, "wait": wait, "peak_gops": peaks, "cpu": _cpu(),
+           "threads": threads, "reps": reps, "wait": wait, "malloc": malloc, "peak_gops": peaks, "cpu": _cpu(),
            "backends": {k: {kk: vv for kk, vv in v.items() if kk != "layers_ms"} for k, v in per_backend.items()},
            "layers": rows, "fp32_in_int8": _fp32_in_int8(per_backend.get("ort-int8")),
            "int8_errors_from": "export.json int8.layer_errors" if export.get("layer_errors") else None,
