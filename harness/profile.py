@@ -2,8 +2,9 @@
 
 For one run and batch size, at the bench's threads, each backend's own bound call (the bench's
 bind/run, no profiler) takes turns with a profiled call, so the two see the same machine:
-  torch-eager   a clock on every nn.Module's forward (global forward hooks, perf_counter_ns) on the
-                module the bench runs (graph_specs' inference form), call for call; a layer's time is
+  torch-eager   (and torch-channels-last, torch-bf16) a clock on every nn.Module's forward (global
+                forward hooks, perf_counter_ns) on the module the bench runs (graph_specs' inference
+                form, in the backend's layout and dtype), call for call; a layer's time is
                 its span minus its child modules' spans (so nothing is counted twice and the spans of
                 one call add up to the whole forward). torch.profiler is not used: its per-op events
                 cost as much as a small model's work at batch 8 (its sums read 1.2-1.5x the latency).
@@ -36,8 +37,6 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
-
-import numpy as np
 
 from harness.bench.process_env import SPIN_SETTLE_S, retain_freed_memory
 from harness.errors import UserError
@@ -249,8 +248,7 @@ def ort_layers(path: Path, feed: dict, threads: int, reps: int, spinning: bool, 
     A profiling session on the bench's own settings takes turns with `run`, the bench backend's own
     bound call, in blocks of `block` runs after a pause of `pause_s`, so both sides see the same
     machine: the session that ran last keeps its threads spinning (with --wait spin) for tens of ms,
-    and the other would run on the cores they hold (measured on a 2-vCPU EPYC, MNIST CVAE fp32 at
-    batch 8, 2.8-3.0 ms alone: 4.2-6.7 ms after a pause of 5-50 ms, 2.8 ms after 200 ms)."""
+    and the other would run on the cores they hold (process_env.SPIN_SETTLE_S says what was measured)."""
     import tempfile
 
     import onnx

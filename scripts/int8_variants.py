@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from exports.onnx_export import graph_specs
-from exports.quantize import QuantOptions, fp32_ops, quantize_int8
+from exports.quantize import QuantOptions, quantize_int8
 from exports.session import OrtSession
 from harness.bench.backend_base import INPUT_NAMES
 from harness.export_data import ExportData, inputs_for

@@ -22,8 +22,8 @@ ORT_MALLOC = {"source": "not set (ORT's arena)"}
 # ms, on the cores the next backend is about to time: on the 2-vCPU EPYC the MNIST CVAE's ORT fp32
 # session at batch 8 ran 3.1 ms alone, 3.9-7.2 ms right after another session, 7.1-7.9 after a 5 ms
 # pause, 3.0-3.1 after 50 ms and after 0.25 s (docs/results/per-layer-epyc/profile-overhead-*.json).
-# So the bench waits this long whenever it switches to another backend, and `segvae profile` between
-# its two sessions.
+# So the bench waits this long before a turn that follows an ORT backend's (runner.settle_s), and
+# `segvae profile` before each block of its two ORT sessions.
 SPIN_SETTLE_S = 0.25
 
 
