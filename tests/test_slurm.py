@@ -212,9 +212,10 @@ def test_scancel_stops_the_dependants_and_a_rerun_submits_only_the_rest(slurm_cl
     job = _wait(lambda: (out / "pipeline.json").is_file() and _steps(out)["train/unet-mp-tr-bce"].get("job_id"))
     _wait(lambda: (unet / "checkpoints" / "last").is_dir())
     log = Path(_steps(out)["train/unet-mp-tr-bce"]["log"])
+    requeued_at = time.time()
     subprocess.run(["scontrol", "requeue", job], check=True)
-    _wait(lambda: _start_now(job, log), timeout=60, every=0.5)  # SLURM holds a requeued job for 2 minutes
-    _wait(lambda: "resumed from" in log.read_text())
+    _wait(lambda: _start_now(job, log, requeued_at), timeout=60, every=0.5, explain=lambda: _slurm_story(job, log))
+    _wait(lambda: "resumed from" in log.read_text(), explain=lambda: _slurm_story(job, log))
     subprocess.run(["scancel", job], check=True)
     thread.join(timeout=300)
     assert not thread.is_alive()
@@ -242,22 +243,37 @@ def test_scancel_stops_the_dependants_and_a_rerun_submits_only_the_rest(slurm_cl
     assert (out / "report.html").is_file()
 
 
-def _start_now(job: str, log: Path) -> bool:
-    """Once the requeued job waits (PENDING), let it start now; True once its second run began."""
+def _start_now(job: str, log: Path, requeued_at: float) -> bool:
+    """Once the requeued job waits (PENDING), let it start now rather than in 2 minutes; True once its
+    second run began. Not within the requeue's second nor the next: slurmd revoked the job's credential
+    at the requeue, with a time in whole seconds, and refuses a credential made in that same second
+    (`cred->ctime <= revoked`): the launch fails and the job ends FAILED (CI saw it once)."""
     state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
-    if state == "PENDING":
+    if state == "PENDING" and time.time() >= int(requeued_at) + 2:
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
     return "restart 1" in log.read_text()
 
 
-def _wait(condition, timeout: float = 240.0, every: float = 0.2):
+def _slurm_story(job: str, log: Path) -> str:
+    """What a timed-out wait on a job prints: SLURM's view of it, its log and the daemons' last lines."""
+    def run(*argv):
+        return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+
+    daemons = Path(os.environ.get("SLURM_CONF", "/nonexistent")).parent / "log"
+    tails = [f"--- {p}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-25:])
+             for p in sorted(daemons.glob("slurm*.log"))]
+    return "\n".join([f"--- scontrol show job {job}:", run("scontrol", "show", "job", job),
+                      f"--- {log}:", log.read_text(errors="replace")[-3000:] if log.is_file() else "(none)", *tails])
+
+
+def _wait(condition, timeout: float = 240.0, every: float = 0.2, explain=None):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         value = condition()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {condition}" + (f"\n{explain()}" if explain else ""))
 
 
 # ----------------------------------------------------------------------------- without a cluster
