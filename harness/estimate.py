@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.bench.stats import MIN_ROUNDS_95, rounds_in_budget
+
 PROCESS_S = 6.0          # a `segvae` child: interpreter, torch + accelerate imports, data load
 EXPORT_TRACE_S = 10.0    # one dynamo export + onnx save + ORT session builds, per run
 WORKER_START_S = 4.0     # one bench worker process per backend and run: imports and session build
@@ -183,7 +185,6 @@ def _cost_of(cfg, costs: dict, key: str) -> Cost:
 def _bench_s(bench: dict, benched: list, costs: dict) -> float:
     from harness.bench.config import BenchConfig
     from harness.bench.runner import default_backends
-    from harness.bench.stats import MIN_ROUNDS_95
     from harness.hardware import machine
 
     fields = {k: v for k, v in bench.items() if k in BenchConfig.__dataclass_fields__}
@@ -211,10 +212,3 @@ def _bench_s(bench: dict, benched: list, costs: dict) -> float:
                                                        load_s, round_s, MIN_ROUNDS_95) * round_s
     return total
 
-
-def rounds_in_budget(rounds: int, budget_s: float | None, load_s: float, round_s: float, floor: int) -> int:
-    """The rounds harness.bench.runner.RoundBudget runs: its share of the budget counts from the
-    loads, never fewer than `floor` nor more than `rounds`."""
-    if not budget_s:
-        return rounds
-    return min(rounds, max(floor, int((budget_s - load_s) // round_s)))

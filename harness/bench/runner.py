@@ -283,10 +283,10 @@ class RoundBudget:
         self.began = time.perf_counter()
 
     def __call__(self, lanes, done: int) -> int:
-        now = time.perf_counter()
-        self.round_s = (now - self.began) / done
-        fit = done + max(0, int((self.budget_s - (now - self.start)) // self.round_s))
-        return min(self.rounds, max(stats.MIN_ROUNDS_95, fit))
+        self.round_s = (time.perf_counter() - self.began) / done
+        fit = stats.rounds_in_budget(self.rounds, self.budget_s, self.began - self.start, self.round_s,
+                                     stats.MIN_ROUNDS_95)
+        return max(done, fit)  # over budget already: no more rounds
 
     def record(self, done: int) -> dict:
         return {"budget_s": self.budget_s, "rounds_began_after_s": self.began - self.start,

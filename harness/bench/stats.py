@@ -23,6 +23,15 @@ import numpy as np
 
 CONFIDENCE = 0.95          # the level the median CIs aim for
 MIN_ROUNDS_95 = 6          # the fewest rounds whose median interval covers 95% ([min, max] of 6: 96.9%)
+
+
+def rounds_in_budget(rounds: int, budget_s: float | None, load_s: float, round_s: float, floor: int) -> int:
+    """The rounds that fit a time budget counted from the first load: what is left after `load_s`, in
+    rounds of `round_s`, never fewer than `floor` nor more than `rounds` (no budget: `rounds`). The
+    bench's RoundBudget asks it after every round; `segvae estimate` before any."""
+    if not budget_s:
+        return rounds
+    return min(rounds, max(floor, int((budget_s - load_s) // round_s)))
 EARLY_STOP_CONFIDENCE = 0.99  # LoadGen's early-stopping confidence
 
 
